@@ -1,0 +1,159 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PIPEFY_PLANS = ["starter", "business", "enterprise", "unlimited"]
+PIPEDRIVE_PLANS = ["lite", "growth", "premium", "ultimate", "essential", "advanced", "professional", "enterprise"]
+
+
+def _field(label: str, description: str, *, type_: str | list[str] = "string", secret: bool = False,
+           enum: list[str] | None = None, **schema: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": type_ if enum is None else ["string", "null"]}
+    if isinstance(spec["type"], str) and spec["type"] in ("string", "integer", "number"):
+        spec["type"] = [spec["type"], "null"]
+    if enum is not None:
+        spec["enum"] = [*enum, None]
+    if secret:
+        spec["format"] = "password"
+    spec.update(schema)
+    return {"label": label, "schema": spec, "description": description}
+
+
+PIPEFY_CONN_FIELDS: dict[str, Any] = {
+    "client_id": _field("Service account client id",
+                        "OAuth2 client-credentials id of a Pipefy service account. Leave empty to use the token."),
+    "client_secret": _field("Service account client secret", "OAuth2 client secret of the service account.",
+                            secret=True),
+    "oauth_token_url": _field("OAuth token URL", "Default https://app.pipefy.com/oauth/token."),
+    "plan": _field("Plan", "Pipefy plan: sets the monthly API-call quota (starter 20, business 500, "
+                   "enterprise 10,000, unlimited: none).", enum=PIPEFY_PLANS),
+    "requests_per_30s": _field("Requests per 30 s", "Override of the 500 requests / 30 s limit.",
+                               type_="integer"),
+    "monthly_quota": _field("Monthly call quota", "Override of the plan's monthly API-call quota.",
+                            type_="integer"),
+    "rate_limit_store": _field("Rate-limit store", "Where processes share the limit: 'file' (default, one "
+                               "machine), 'memory' (one process) or redis://host:6379/0 (many machines)."),
+}
+
+PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {
+    "client_id": _field("OAuth client id", "Pipedrive app client id (OAuth). Leave empty to use the API token."),
+    "client_secret": _field("OAuth client secret", "Pipedrive app client secret.", secret=True),
+    "refresh_token": _field("OAuth refresh token", "Refresh token; the access token is refreshed automatically.",
+                            secret=True),
+    "oauth_token_url": _field("OAuth token URL", "Default https://oauth.pipedrive.com/oauth/token."),
+    "company_domain": _field("Company domain", "Your company's subdomain, e.g. 'acme' for acme.pipedrive.com."),
+    "plan": _field("Plan", "Pipedrive plan: sets the burst limit and daily token budget.", enum=PIPEDRIVE_PLANS),
+    "seats": _field("Seats", "Number of paid seats (daily token budget = 30,000 x plan multiplier x seats).",
+                    type_="integer"),
+    "requests_per_2s": _field("Requests per 2 s", "Override of the plan's burst limit.", type_="integer"),
+    "daily_token_budget": _field("Daily token budget", "Override of the company's daily token budget.",
+                                 type_="integer"),
+    "rate_limit_store": _field("Rate-limit store", "Where processes share the limit: 'file' (default, one "
+                               "machine), 'memory' (one process) or redis://host:6379/0 (many machines)."),
+}
+
+PIPEFY_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden_fields": ["schema", "port", "login"],
+    "relabeling": {"host": "API URL", "password": "Token (personal access or service account)"},
+    "placeholders": {
+        "host": "https://api.pipefy.com/graphql",
+        "password": "Personal access token; leave empty when a client id and secret are set",
+        "client_id": "optional: service account client id",
+        "oauth_token_url": "https://app.pipefy.com/oauth/token",
+        "plan": "enterprise",
+        "rate_limit_store": "file",
+    },
+}
+
+PIPEDRIVE_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden_fields": ["schema", "port", "login"],
+    "relabeling": {"host": "Base URL", "password": "API token"},
+    "placeholders": {
+        "host": "https://api.pipedrive.com (or set the company domain)",
+        "password": "API token; leave empty when using OAuth",
+        "company_domain": "acme",
+        "oauth_token_url": "https://oauth.pipedrive.com/oauth/token",
+        "plan": "growth",
+        "seats": "1",
+        "rate_limit_store": "file",
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-crm",
+        "name": "CRM (Pipefy, Pipedrive)",
+        "description": "Hooks, operators and sensors for the Pipefy and Pipedrive CRMs, with shared rate limiting.",
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": "Pipefy",
+                "external-doc-url": "https://developers.pipefy.com/",
+                "tags": ["service"],
+            },
+            {
+                "integration-name": "Pipedrive",
+                "external-doc-url": "https://developers.pipedrive.com/docs/api/v1",
+                "tags": ["service"],
+            },
+        ],
+        "hooks": [
+            {"integration-name": "Pipefy", "python-modules": ["airflow_provider_crm.hooks.pipefy"]},
+            {"integration-name": "Pipedrive", "python-modules": ["airflow_provider_crm.hooks.pipedrive"]},
+        ],
+        "operators": [],
+        "sensors": [],
+        "triggers": [],
+        "extra-links": [],
+        "connection-types": [
+            {
+                "connection-type": "pipefy",
+                "hook-class-name": "airflow_provider_crm.hooks.pipefy.PipefyHook",
+                "hook-name": "Pipefy",
+                "conn-fields": PIPEFY_CONN_FIELDS,
+                "ui-field-behaviour": PIPEFY_UI_FIELD_BEHAVIOUR,
+            },
+            {
+                "connection-type": "pipedrive",
+                "hook-class-name": "airflow_provider_crm.hooks.pipedrive.PipedriveHook",
+                "hook-name": "Pipedrive",
+                "conn-fields": PIPEDRIVE_CONN_FIELDS,
+                "ui-field-behaviour": PIPEDRIVE_UI_FIELD_BEHAVIOUR,
+            },
+        ],
+        "config": {
+            "crm": {
+                "description": "Settings of the CRM provider (Pipefy, Pipedrive).",
+                "options": {
+                    "rate_limit_store": {
+                        "description": "Default store for shared rate limits when a connection names none: "
+                        "'file' (SQLite file on this machine), 'memory' (this process only) or a "
+                        "redis:// URL (shared by every machine).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "redis://localhost:6379/0",
+                        "default": "file",
+                    },
+                    "rate_limit_dir": {
+                        "description": "Directory of the file store. Default: a crm-ratelimit folder in the "
+                        "system temporary directory.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/lib/airflow/crm-ratelimit",
+                        "default": "",
+                    },
+                    "max_rate_limit_wait": {
+                        "description": "Longest wait (seconds) a task sits out in-process before it raises a "
+                        "retryable error and lets Airflow's task retry take over.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "120",
+                        "default": "120",
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,1 @@
+"""Local emulators of the Pipefy and Pipedrive APIs (``crm-sandbox``)."""
