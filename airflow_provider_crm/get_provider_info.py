@@ -55,7 +55,7 @@ PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {
 }
 
 PIPEFY_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden_fields": ["schema", "port", "login"],
+    "hidden-fields": ["schema", "port", "login"],
     "relabeling": {"host": "API URL", "password": "Token (personal access or service account)"},
     "placeholders": {
         "host": "https://api.pipefy.com/graphql",
@@ -68,7 +68,7 @@ PIPEFY_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 }
 
 PIPEDRIVE_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden_fields": ["schema", "port", "login"],
+    "hidden-fields": ["schema", "port", "login"],
     "relabeling": {"host": "Base URL", "password": "API token"},
     "placeholders": {
         "host": "https://api.pipedrive.com (or set the company domain)",
