@@ -1,0 +1,103 @@
+"""Streaming export writers, row readers and the upsert report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_crm.common.errors import CrmInputError
+from airflow_provider_crm.common.export import open_export_writer
+from airflow_provider_crm.common.rows import read_rows
+from airflow_provider_crm.common.upsert import UpsertReport
+
+
+def test_jsonl_export_is_written_and_renamed_into_place(tmp_path):
+    target = tmp_path / "out" / "cards.jsonl"
+    with open_export_writer(str(target), "jsonl") as writer:
+        writer.write({"id": 1, "due": date(2024, 8, 1), "amount": Decimal("10.50")})
+        writer.write({"id": 2, "tags": ["a", "b"]})
+        assert not target.exists(), "the target must not appear before the export completes"
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert lines == [{"id": 1, "due": "2024-08-01", "amount": "10.50"}, {"id": 2, "tags": ["a", "b"]}]
+    assert writer.count == 2
+    assert list(target.parent.iterdir()) == [target], "no partial file may be left behind"
+
+
+def test_failed_export_leaves_previous_file_untouched(tmp_path):
+    target = tmp_path / "deals.jsonl"
+    target.write_text('{"id": "old"}\n')
+    with pytest.raises(RuntimeError), open_export_writer(str(target), "jsonl") as writer:
+        writer.write({"id": "new"})
+        raise RuntimeError("API failed mid-export")
+    assert target.read_text() == '{"id": "old"}\n'
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_csv_export_keeps_nested_values_as_json(tmp_path):
+    target = tmp_path / "deals.csv"
+    with open_export_writer(str(target), "csv", fieldnames=["id", "labels", "note"]) as writer:
+        writer.write({"id": 1, "labels": ["x", "y"], "note": None})
+    rows = list(csv.DictReader(target.open()))
+    assert rows == [{"id": "1", "labels": '["x", "y"]', "note": ""}]
+
+
+def test_csv_export_refuses_an_undeclared_column(tmp_path):
+    with pytest.raises(CrmInputError, match="record 2"), open_export_writer(str(tmp_path / "x.csv"), "csv") as w:
+        w.write({"id": 1})
+        w.write({"id": 2, "surprise": True})
+
+
+def test_unknown_format_is_named():
+    with pytest.raises(CrmInputError, match="parquet"), open_export_writer("/tmp/x", "parquet"):
+        pass
+
+
+def test_read_rows_from_each_source(tmp_path):
+    assert list(read_rows([{"a": 1}])) == [{"a": 1}]
+    assert list(read_rows('[{"a": 2}]')) == [{"a": 2}]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"a": 3}\n\n{"a": 4}\n')
+    assert list(read_rows(str(jsonl))) == [{"a": 3}, {"a": 4}]
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("email,name\nx@example.com,\n")
+    assert list(read_rows(str(csv_file))) == [{"email": "x@example.com", "name": None}]
+
+
+def test_read_rows_names_the_bad_line(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(CrmInputError, match="line 2"):
+        list(read_rows(str(bad)))
+    with pytest.raises(CrmInputError, match="row 2"):
+        list(read_rows([{"a": 1}, "not a dict"]))
+    with pytest.raises(CrmInputError, match="does not exist"):
+        list(read_rows(str(tmp_path / "missing.csv")))
+
+
+def test_upsert_report_writes_rejects_and_applies_threshold(tmp_path):
+    rejects = tmp_path / "rejects.jsonl"
+    report = UpsertReport(str(rejects), task_label="persons upsert")
+    report.record("created", 1)
+    report.record("updated", 2)
+    report.reject(3, {"email": "bad"}, CrmInputError("field 'email' is not an email"))
+    report.check_threshold(0.5)  # 1 of 3 failed: allowed
+    saved = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert saved == [
+        {"row": 3, "error": "field 'email' is not an email", "error_type": "CrmInputError", "data": {"email": "bad"}}
+    ]
+    with pytest.raises(CrmInputError, match="1 of 3 rows failed"):
+        report.check_threshold(0.2)
+    assert report.summary()["created"] == 1 and report.summary()["rejects_path"] == str(rejects)
+
+
+def test_clean_rerun_removes_stale_rejects(tmp_path):
+    rejects = tmp_path / "rejects.jsonl"
+    rejects.write_text('{"row": 1}\n')
+    report = UpsertReport(str(rejects))
+    report.record("unchanged")
+    report.check_threshold(0.0)
+    assert not rejects.exists()
