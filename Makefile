@@ -1,0 +1,48 @@
+# Everything starts from a fresh machine with Python 3.10+ and make: each target creates or reuses
+# .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AIRFLOW_VERSION ?= 3.3.2
+STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
+PYTEST_ARGS ?=
+
+.PHONY: venv lint test unit integration e2e demo bench sandbox clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,redis]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check airflow_provider_crm tests dags benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+e2e: venv
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) -m benchmarks
+
+sandbox: venv
+	$(VENV)/bin/crm-sandbox --port 8765
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
