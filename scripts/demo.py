@@ -7,6 +7,7 @@ prints what moved. It stops the sandbox it started and can be run again at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,10 +74,8 @@ def xcom_summaries(db: Path) -> list[tuple[str, str, object]]:
     rows = con.execute("SELECT dag_id, task_id, value FROM xcom WHERE key = 'return_value' ORDER BY dag_id, task_id").fetchall()
     out = []
     for dag_id, task_id, value in rows:
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             value = json.loads(value)
-        except (TypeError, ValueError):
-            pass
         out.append((dag_id, task_id, value))
     return out
 

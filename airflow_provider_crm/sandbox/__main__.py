@@ -22,7 +22,7 @@ def _token_plans(values: list[str] | None, default: dict[str, str]) -> dict[str,
     return plans
 
 
-def parse_args(argv: list[str] | None = None) -> SandboxConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None]:
     d = SandboxConfig()
     p = argparse.ArgumentParser(prog="crm-sandbox", description=__doc__)
     p.add_argument("--host", default=d.host)
@@ -62,11 +62,11 @@ def parse_args(argv: list[str] | None = None) -> SandboxConfig:
         pipefy_window_seconds=a.pipefy_window_seconds, pipefy_block_seconds=a.pipefy_block_seconds,
         latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, error_rate=a.error_rate,
         lost_answer_rate=a.lost_answer_rate, snapshot=a.snapshot,
-    ), a.info_file  # type: ignore[return-value]
+    ), a.info_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, info_file = parse_args(argv)  # type: ignore[misc]
+    config, info_file = parse_args(argv)
     from airflow_provider_crm.sandbox.server import SandboxServer
 
     started = time.monotonic()

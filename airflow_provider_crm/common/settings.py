@@ -1,0 +1,70 @@
+"""Reading connection fields: typed, validated, with errors that name the connection and field."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from airflow_provider_crm.common.connection_form import extra_value
+from airflow_provider_crm.common.errors import CrmConfigError
+
+
+class ConnectionReader:
+    """Typed access to one connection's extras.
+
+    :param conn_id: the connection id, named in every error.
+    :param conn_type: ``pipefy`` or ``pipedrive`` (for the ``extra__<type>__`` prefixed form).
+    :param extras: the connection's ``extra_dejson``.
+    """
+
+    def __init__(self, conn_id: str, conn_type: str, extras: dict[str, Any]) -> None:
+        self.conn_id = conn_id
+        self.conn_type = conn_type
+        self.extras = extras or {}
+
+    def text(self, name: str) -> str | None:
+        value = extra_value(self.extras, self.conn_type, name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise CrmConfigError(self.conn_id, name, f"must be text, got {type(value).__name__}")
+        return value.strip() or None
+
+    def positive_int(self, name: str) -> int | None:
+        value = extra_value(self.extras, self.conn_type, name)
+        if value is None:
+            return None
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise CrmConfigError(self.conn_id, name, f"must be a whole number, got {value!r}") from None
+        if number <= 0:
+            raise CrmConfigError(self.conn_id, name, f"must be greater than 0, got {number}")
+        return number
+
+    def choice(self, name: str, choices: list[str] | tuple[str, ...], default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        value = value.lower()
+        if value not in choices:
+            raise CrmConfigError(self.conn_id, name, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def url(self, name: str, value: str | None, default: str) -> str:
+        """Validate an http(s) URL given in the form field ``name``."""
+        value = (value or "").strip() or default
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise CrmConfigError(self.conn_id, name, f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    def store(self) -> str | None:
+        value = self.text("rate_limit_store")
+        if value is None:
+            return None
+        if value not in ("memory", "file") and not value.startswith(("file://", "redis://", "rediss://", "unix://")):
+            raise CrmConfigError(
+                self.conn_id, "rate_limit_store", f"must be 'file', 'memory', file:///dir or redis://..., got {value!r}"
+            )
+        return value
