@@ -1,0 +1,561 @@
+"""Pipedrive (REST) hook: connection, auth, rate limit, envelopes, pagination, entities, custom fields."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import requests
+from airflow.sdk import BaseHook
+
+from airflow_provider_crm.common import connection_form
+from airflow_provider_crm.common.errors import (
+    CrmApiError,
+    CrmAuthError,
+    CrmConfigError,
+    CrmInputError,
+    CrmNotFoundError,
+    CrmPermanentApiError,
+    CrmPermissionError,
+    CrmPlanLimitError,
+    CrmRateLimitError,
+    CrmTransientApiError,
+    CrmValidationError,
+)
+from airflow_provider_crm.common.ratelimit import (
+    PIPEDRIVE_BURST,
+    PIPEDRIVE_PLAN_ALIASES,
+    RateLimiter,
+    build_limiter,
+    normalise_pipedrive_plan,
+    pipedrive_token_cost,
+)
+from airflow_provider_crm.common.retry import call_with_retries
+from airflow_provider_crm.common.settings import ConnectionReader
+from airflow_provider_crm.get_provider_info import PIPEDRIVE_CONN_FIELDS, PIPEDRIVE_UI_FIELD_BEHAVIOUR
+
+DEFAULT_BASE_URL = "https://api.pipedrive.com"
+DEFAULT_OAUTH_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What the hook knows about one Pipedrive entity."""
+
+    name: str
+    version: str  # "v1" | "v2"
+    id_type: type  # int or str (UUID)
+    pagination: str  # "cursor" | "offset"
+    filters: frozenset[str] = frozenset()
+    search: bool = False
+    fields_endpoint: str | None = None
+    read_only: bool = False
+    web_path: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/{self.name}"
+
+
+_INCREMENTAL = frozenset({"updated_since", "updated_until", "sort_by", "sort_direction", "ids"})
+ENTITIES: dict[str, Entity] = {
+    e.name: e
+    for e in (
+        Entity("deals", "v2", int, "cursor", _INCREMENTAL | {"status", "pipeline_id", "stage_id", "owner_id"}, True,
+               "dealFields", web_path="deal"),
+        Entity("persons", "v2", int, "cursor", _INCREMENTAL | {"owner_id", "org_id"}, True, "personFields",
+               web_path="person"),
+        Entity("organizations", "v2", int, "cursor", _INCREMENTAL | {"owner_id"}, True, "organizationFields",
+               web_path="organization"),
+        Entity("activities", "v2", int, "cursor", _INCREMENTAL | {"deal_id", "person_id", "done"}, False,
+               "activityFields", web_path="activity"),
+        Entity("products", "v2", int, "cursor", frozenset({"sort_by", "sort_direction", "ids"}), True,
+               "productFields", web_path="product"),
+        Entity("pipelines", "v2", int, "cursor", read_only=True),
+        Entity("stages", "v2", int, "cursor", frozenset({"pipeline_id"}), read_only=True),
+        Entity("leads", "v1", str, "offset", frozenset({"updated_since", "sort", "archived_status"}), True,
+               "dealFields", web_path="leads/inbox"),
+        Entity("notes", "v1", int, "offset", frozenset({"updated_since", "sort", "deal_id", "person_id", "org_id"})),
+        Entity("users", "v1", int, "offset", read_only=True),
+    )
+}
+_CUSTOM_FIELDS_IN_V2 = {"deals", "persons", "organizations", "products", "activities"}
+
+
+def entity_info(name: str) -> Entity:
+    if name not in ENTITIES:
+        raise CrmInputError(f"unknown Pipedrive entity {name!r}; known: {', '.join(sorted(ENTITIES))}")
+    return ENTITIES[name]
+
+
+def pipedrive_error(status: int, body: Any, what: str) -> CrmApiError:
+    """The typed exception for an error answer; keeps ``error`` and ``error_info``."""
+    body = body if isinstance(body, dict) else {}
+    message = str(body.get("error") or f"HTTP {status}")
+    if body.get("error_info"):
+        message += f" ({body['error_info']})"
+    message = f"{what}: {message}"
+    code = body.get("code") or body.get("errorCode")
+    code = str(code) if code is not None else None
+    kwargs: dict[str, Any] = {"service": "pipedrive", "status": status, "code": code}
+    if status == 429:
+        return CrmRateLimitError(message, **kwargs)
+    if status >= 500:
+        return CrmTransientApiError(message, **kwargs)
+    if status == 401:
+        return CrmAuthError(message, **kwargs)
+    if status == 402 or (status == 403 and code and ("capping" in code or "limit" in code)):
+        return CrmPlanLimitError(message, **kwargs)
+    if status == 403:
+        return CrmPermissionError(message, **kwargs)
+    if status in (404, 410):
+        return CrmNotFoundError(message, **kwargs)
+    if status in (400, 422):
+        return CrmValidationError(message, **kwargs)
+    return CrmPermanentApiError(message, **kwargs)
+
+
+class FieldMap:
+    """Custom fields of one entity both ways: hash key <-> name, option id <-> label."""
+
+    def __init__(self, entity: str, definitions: list[dict[str, Any]]) -> None:
+        self.entity = entity
+        self.definitions = definitions
+        self.custom = [d for d in definitions if _is_custom(d)]
+        self.by_key = {d["key"]: d for d in self.custom}
+        self.by_name = {str(d["name"]).lower(): d for d in self.custom}
+
+    def key_for(self, name: str) -> str:
+        if name in self.by_key:
+            return name
+        found = self.by_name.get(name.lower())
+        if found is None:
+            import difflib
+
+            close = difflib.get_close_matches(name.lower(), list(self.by_name), n=3)
+            hint = f"; did you mean {', '.join(repr(self.by_name[c]['name']) for c in close)}?" if close else ""
+            raise CrmInputError(f"{self.entity}: unknown custom field {name!r}{hint}")
+        return str(found["key"])
+
+    def encode(self, key: str, value: Any) -> Any:
+        """A value for writing: option labels become option ids."""
+        definition = self.by_key[key]
+        options = definition.get("options") or []
+        if not options or value is None:
+            return value
+        by_label = {str(o["label"]).lower(): o["id"] for o in options}
+        ids = {o["id"] for o in options}
+
+        def one(item: Any) -> Any:
+            if item in ids:
+                return item
+            if str(item).lower() in by_label:
+                return by_label[str(item).lower()]
+            raise CrmInputError(
+                f"{self.entity}: field {definition['name']!r}: {item!r} is not one of its options "
+                f"{[o['label'] for o in options]}"
+            )
+
+        if isinstance(value, (list, tuple)):
+            return [one(v) for v in value]
+        return one(value)
+
+    def decode(self, key: str, value: Any) -> Any:
+        definition = self.by_key.get(key)
+        if not definition or value is None:
+            return value
+        options = {o["id"]: o["label"] for o in definition.get("options") or []}
+        if not options:
+            return value
+        if isinstance(value, list):
+            return [options.get(v, v) for v in value]
+        if isinstance(value, str) and "," in value and definition.get("field_type") == "set":
+            return [options.get(int(v) if v.isdigit() else v, v) for v in value.split(",")]
+        return options.get(value, value)
+
+    def rename_record(self, record: dict[str, Any], labels: bool = True) -> dict[str, Any]:
+        """Custom fields under their names (v2 ``custom_fields`` or v1 top-level hash keys)."""
+        out = dict(record)
+        nested = out.pop("custom_fields", None)
+        values: dict[str, Any] = dict(nested or {})
+        for key in list(out):
+            if key in self.by_key:
+                values[key] = out.pop(key)
+        for key, value in values.items():
+            definition = self.by_key.get(key)
+            name = definition["name"] if definition else key
+            out[name] = self.decode(key, value) if labels else value
+        return out
+
+
+def _is_custom(definition: dict[str, Any]) -> bool:
+    if "is_custom_field" in definition:
+        return bool(definition["is_custom_field"])
+    if "edit_flag" in definition:
+        return bool(definition["edit_flag"])
+    key = str(definition.get("key") or definition.get("field_code") or "")
+    return len(key) == 40
+
+
+class PipedriveHook(BaseHook):
+    """Talks to Pipedrive's REST API (v2 for core entities, v1 where v2 has nothing) through one connection.
+
+    The API token travels in the ``x-api-token`` header, never in a URL. Every request passes the
+    shared rate limiter (burst, search, daily POST/PUT allowance and token budget).
+
+    :param pipedrive_conn_id: the ``pipedrive`` connection to use.
+    :param timeout: seconds to wait for an answer.
+    """
+
+    conn_name_attr = "pipedrive_conn_id"
+    default_conn_name = "pipedrive_default"
+    conn_type = "pipedrive"
+    hook_name = "Pipedrive"
+
+    def __init__(self, pipedrive_conn_id: str = default_conn_name, timeout: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipedrive_conn_id = pipedrive_conn_id
+        self.timeout = timeout
+        self._access_token: str | None = None
+        self._access_expires = 0.0
+        self._refresh_token: str | None = None
+        self._auth_lock = threading.Lock()
+        self._field_maps: dict[str, FieldMap] = {}
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        return connection_form.form_widgets(PIPEDRIVE_CONN_FIELDS)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return connection_form.field_behaviour(PIPEDRIVE_UI_FIELD_BEHAVIOUR)
+
+    # -- settings ----------------------------------------------------------------------------------
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        conn = self.get_connection(self.pipedrive_conn_id)
+        reader = ConnectionReader(self.pipedrive_conn_id, "pipedrive", conn.extra_dejson)
+        token = (conn.password or "").strip() or None
+        oauth = {name: reader.text(name) for name in ("client_id", "client_secret", "refresh_token")}
+        if any(oauth.values()) and not all(oauth.values()):
+            missing = next(name for name, value in oauth.items() if not value)
+            raise CrmConfigError(self.pipedrive_conn_id, missing,
+                                 "is required for OAuth (client_id, client_secret and refresh_token go together)")
+        if not token and not oauth["client_id"]:
+            raise CrmConfigError(self.pipedrive_conn_id, "password",
+                                 "is empty: set an API token, or OAuth client_id, client_secret and refresh_token")
+        domain = reader.text("company_domain")
+        if domain and not domain.replace("-", "").isalnum():
+            raise CrmConfigError(self.pipedrive_conn_id, "company_domain",
+                                 f"must be the subdomain only (like 'acme'), got {domain!r}")
+        host = (conn.host or "").strip()
+        if host and "://" not in host:
+            host = f"https://{host}"
+        default_base = f"https://{domain}.pipedrive.com" if domain else DEFAULT_BASE_URL
+        plans = (*PIPEDRIVE_BURST, *PIPEDRIVE_PLAN_ALIASES)
+        return {
+            "base_url": reader.url("host", host, default_base),
+            "token": token,
+            **oauth,
+            "auth_type": "oauth" if oauth["client_id"] else "token",
+            "oauth_token_url": reader.url("oauth_token_url", reader.text("oauth_token_url"), DEFAULT_OAUTH_TOKEN_URL),
+            "company_domain": domain,
+            "plan": normalise_pipedrive_plan(reader.choice("plan", plans, "lite")),
+            "seats": reader.positive_int("seats") or 1,
+            "requests_per_2s": reader.positive_int("requests_per_2s"),
+            "daily_token_budget": reader.positive_int("daily_token_budget"),
+            "rate_limit_store": reader.store(),
+        }
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update({"Accept": "application/json", "User-Agent": "airflow-provider-crm"})
+        return session
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        s = self.settings
+        key = s["token"] if s["auth_type"] == "token" else f"oauth:{s['client_id']}:{s['refresh_token']}"
+        return build_limiter(
+            "pipedrive", key, plan=s["plan"], auth_type=s["auth_type"], seats=s["seats"], store=s["rate_limit_store"],
+            overrides={"requests_per_2s": s["requests_per_2s"], "daily_token_budget": s["daily_token_budget"]},
+        )
+
+    def get_conn(self) -> requests.Session:
+        return self.session
+
+    @property
+    def web_url(self) -> str:
+        domain = self.settings["company_domain"]
+        return f"https://{domain}.pipedrive.com" if domain else "https://app.pipedrive.com"
+
+    def record_url(self, entity: str, record_id: Any) -> str | None:
+        info = ENTITIES.get(entity)
+        return f"{self.web_url}/{info.web_path}/{record_id}" if info and info.web_path else None
+
+    # -- auth --------------------------------------------------------------------------------------
+    def _auth_headers(self, force_refresh: bool = False) -> dict[str, str]:
+        s = self.settings
+        if s["auth_type"] == "token":
+            return {"x-api-token": s["token"]}
+        with self._auth_lock:
+            if force_refresh or not self._access_token or time.time() > self._access_expires - 60:
+                self._refresh_access_token()
+            return {"Authorization": f"Bearer {self._access_token}"}
+
+    def _refresh_access_token(self) -> None:
+        s = self.settings
+        refresh = self._refresh_token or s["refresh_token"]
+        try:
+            resp = self.session.post(
+                s["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": refresh},
+                auth=(s["client_id"], s["client_secret"]), timeout=self.timeout,
+            )
+        except requests.RequestException as err:
+            raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})", service="pipedrive") from None
+        if resp.status_code >= 500:
+            raise CrmTransientApiError("OAuth endpoint error", service="pipedrive", status=resp.status_code)
+        if resp.status_code != 200:
+            raise CrmAuthError(
+                f"OAuth refresh refused for connection {self.pipedrive_conn_id!r}: check client_id, client_secret "
+                "and refresh_token (a refresh token that was rotated away no longer works)",
+                service="pipedrive", status=resp.status_code,
+            )
+        body = resp.json()
+        self._access_token = body["access_token"]
+        self._access_expires = time.time() + float(body.get("expires_in") or 3600)
+        if body.get("api_domain") and not self.get_connection(self.pipedrive_conn_id).host:
+            self.settings["base_url"] = str(body["api_domain"]).rstrip("/")
+        new_refresh = body.get("refresh_token")
+        if new_refresh and new_refresh != refresh:
+            self._refresh_token = new_refresh
+            self._store_rotated_refresh_token(new_refresh)
+
+    def _store_rotated_refresh_token(self, new_refresh: str) -> None:
+        """Refresh tokens rotate: keep the new one where the deployment allows it."""
+        # Airflow 3's task SDK gives tasks no write access to connections; environment variables and
+        # secrets backends are read-only from here. Say what to do without printing the secret.
+        self.log.warning(
+            "Pipedrive rotated the OAuth refresh token of connection %r. It is kept for this task; "
+            "update the connection's 'refresh_token' extra with the token Pipedrive now issues (re-authorise "
+            "the app) if the old one stops working.",
+            self.pipedrive_conn_id,
+        )
+
+    # -- requests ----------------------------------------------------------------------------------
+    def _url(self, version: str, path: str) -> str:
+        return f"{self.settings['base_url']}/api/{version}/{path.lstrip('/')}"
+
+    def _request_once(self, method: str, version: str, path: str, params: dict[str, Any] | None,
+                      json_body: Any, kind: str) -> dict[str, Any]:
+        cost = pipedrive_token_cost(method, path, version)
+        self.limiter.before_request(kind=kind, cost=cost)
+        what = f"{method} /api/{version}{path}"
+        resp: requests.Response | None = None
+        for attempt in (1, 2):
+            try:
+                resp = self.session.request(method, self._url(version, path), params=params, json=json_body,
+                                            headers=self._auth_headers(force_refresh=attempt == 2),
+                                            timeout=self.timeout)
+            except requests.Timeout:
+                raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
+            except requests.ConnectionError as err:
+                raise CrmTransientApiError(f"{what}: connection failed ({type(err).__name__})",
+                                           service="pipedrive") from None
+            self.limiter.after_response(resp.status_code, resp.headers, kind=kind)
+            if resp.status_code == 401 and attempt == 1 and self.settings["auth_type"] == "oauth":
+                continue
+            break
+        assert resp is not None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400 or not isinstance(body, dict) or body.get("success") is False:
+            status = resp.status_code if resp.status_code >= 400 else 502
+            raise pipedrive_error(status, body, what)
+        return body
+
+    def request(self, method: str, version: str, path: str, *, params: dict[str, Any] | None = None,
+                json: Any = None, kind: str | None = None) -> dict[str, Any]:
+        """One API call, retried when safe (everything but POST). Returns the whole envelope."""
+        method = method.upper()
+        kind = kind or ("write" if method in ("POST", "PUT", "PATCH") else "read")
+        return call_with_retries(
+            lambda: self._request_once(method, version, path, params, json, kind),
+            idempotent=method != "POST", description=f"{method} {path}", stats=self.limiter.stats,
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            me = self.request("GET", "v1", "/users/me")["data"]
+        except Exception as err:
+            return False, str(err)
+        return True, f"Connected to Pipedrive as {me.get('email')} ({me.get('company_name') or me.get('company_domain')})"
+
+    # -- pagination --------------------------------------------------------------------------------
+    def paginate(self, version: str, path: str, params: dict[str, Any] | None = None, page_size: int = MAX_PAGE,
+                 style: str | None = None) -> Iterator[dict[str, Any]]:
+        """Yield items of a list endpoint: cursor pagination (v2) or offset pagination (v1)."""
+        style = style or ("cursor" if version == "v2" else "offset")
+        params = {**(params or {}), "limit": min(page_size, MAX_PAGE)}
+        while True:
+            body = self.request("GET", version, path, params=params)
+            yield from body.get("data") or []
+            extra = body.get("additional_data") or {}
+            if style == "cursor":
+                cursor = extra.get("next_cursor")
+                if not cursor:
+                    return
+                params["cursor"] = cursor
+            else:
+                pagination = extra.get("pagination") or {}
+                if not pagination.get("more_items_in_collection"):
+                    return
+                params["start"] = pagination.get("next_start", params.get("start", 0) + params["limit"])
+
+    # -- entities ----------------------------------------------------------------------------------
+    def field_map(self, entity: str) -> FieldMap:
+        """Field definitions of an entity, fetched once per hook (task)."""
+        info = entity_info(entity)
+        if entity not in self._field_maps:
+            definitions: list[dict[str, Any]] = []
+            if info.fields_endpoint:
+                version = "v2" if info.version == "v2" else "v1"
+                definitions = [_normalise_definition(d) for d in
+                               self.paginate(version, f"/{info.fields_endpoint}", page_size=MAX_PAGE)]
+            self._field_maps[entity] = FieldMap(entity, definitions)
+        return self._field_maps[entity]
+
+    def encode_record(self, entity: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Data for a write: custom fields may be given by name and options by label."""
+        info = entity_info(entity)
+        fmap = self.field_map(entity) if info.fields_endpoint else None
+        standard: dict[str, Any] = {}
+        custom: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "custom_fields" and isinstance(value, dict):
+                for ckey, cvalue in value.items():
+                    assert fmap is not None
+                    real = fmap.key_for(ckey)
+                    custom[real] = fmap.encode(real, cvalue)
+                continue
+            if fmap and (key in fmap.by_key or key.lower() in fmap.by_name):
+                real = fmap.key_for(key)
+                custom[real] = fmap.encode(real, value)
+            else:
+                standard[key] = value
+        if custom:
+            if entity in _CUSTOM_FIELDS_IN_V2:
+                standard["custom_fields"] = custom
+            else:
+                standard.update(custom)
+        return standard
+
+    def get(self, entity: str, record_id: Any) -> dict[str, Any]:
+        info = entity_info(entity)
+        return self.request("GET", info.version, f"{info.path}/{record_id}")["data"]
+
+    def iter_records(self, entity: str, **filters: Any) -> Iterator[dict[str, Any]]:
+        info = entity_info(entity)
+        unknown = set(filters) - info.filters - {"limit"}
+        if unknown:
+            raise CrmInputError(f"{entity}: unsupported filter(s) {sorted(unknown)}; supported: {sorted(info.filters)}")
+        params = {k: v for k, v in filters.items() if v is not None}
+        yield from self.paginate(info.version, info.path, params, style=info.pagination)
+
+    def create(self, entity: str, data: dict[str, Any], key_field: str | None = None) -> dict[str, Any]:
+        """Create a record. With ``key_field``, a create whose answer was lost is found by that key
+        (exact search) instead of being sent twice."""
+        info = entity_info(entity)
+        if info.read_only:
+            raise CrmInputError(f"{entity} are read-only here")
+        body = self.encode_record(entity, data)
+        lookup = None
+        if key_field and data.get(key_field) not in (None, ""):
+            key_value = data[key_field]
+
+            def lookup() -> dict[str, Any] | None:
+                return self.find_one(entity, key_field, key_value)
+
+        return call_with_retries(
+            lambda: self._request_once("POST", info.version, info.path, None, body, "write")["data"],
+            idempotent=False, lookup=lookup, description=f"create {entity}", stats=self.limiter.stats,
+        )
+
+    def update(self, entity: str, record_id: Any, data: dict[str, Any]) -> dict[str, Any]:
+        info = entity_info(entity)
+        if info.read_only:
+            raise CrmInputError(f"{entity} are read-only here")
+        method = "PATCH" if info.version == "v2" else "PUT"
+        if entity == "leads":
+            method = "PATCH"
+        return self.request(method, info.version, f"{info.path}/{record_id}", json=self.encode_record(entity, data))[
+            "data"]
+
+    def delete(self, entity: str, record_id: Any) -> Any:
+        info = entity_info(entity)
+        if info.read_only:
+            raise CrmInputError(f"{entity} are read-only here")
+        return self.request("DELETE", info.version, f"{info.path}/{record_id}")["data"]
+
+    def search(self, entity: str, term: str, fields: str | None = None, exact_match: bool = True,
+               limit: int = 10) -> list[dict[str, Any]]:
+        """Items matching ``term`` (exact match is case-insensitive on Pipedrive's side)."""
+        info = entity_info(entity)
+        if not info.search:
+            raise CrmInputError(f"{entity} cannot be searched")
+        version, path = ("v2", f"/{entity}/search") if entity != "leads" else ("v2", "/leads/search")
+        params: dict[str, Any] = {"term": term, "exact_match": str(exact_match).lower(), "limit": limit}
+        if fields:
+            params["fields"] = fields
+        body = self.request("GET", version, path, params=params, kind="search")
+        return [entry["item"] for entry in (body.get("data") or {}).get("items") or []]
+
+    def find_one(self, entity: str, key: str, value: Any) -> dict[str, Any] | None:
+        """The record whose ``key`` (standard field or custom field by name) equals ``value``, or None."""
+        fmap = self.field_map(entity)
+        is_custom = key.lower() in fmap.by_name or key in fmap.by_key
+        search_field = "custom_fields" if is_custom else key
+        for item in self.search(entity, str(value), fields=search_field):
+            record = self.get(entity, item["id"])
+            if _matches(record, key, value, fmap):
+                return record
+        return None
+
+    # -- mail --------------------------------------------------------------------------------------
+    def iter_mail_threads(self, folder: str = "inbox") -> Iterator[dict[str, Any]]:
+        if folder not in ("inbox", "drafts", "sent", "archive"):
+            raise CrmInputError(f"mail folder must be inbox, drafts, sent or archive; got {folder!r}")
+        yield from self.paginate("v1", "/mailbox/mailThreads", {"folder": folder}, page_size=50, style="offset")
+
+    def thread_messages(self, thread_id: Any) -> list[dict[str, Any]]:
+        return self.request("GET", "v1", f"/mailbox/mailThreads/{thread_id}/mailMessages").get("data") or []
+
+
+def _normalise_definition(definition: dict[str, Any]) -> dict[str, Any]:
+    """v2 field definitions say field_code/field_name; v1 say key/name."""
+    out = dict(definition)
+    out.setdefault("key", definition.get("field_code"))
+    out.setdefault("name", definition.get("field_name"))
+    return out
+
+
+def _matches(record: dict[str, Any], key: str, value: Any, fmap: FieldMap) -> bool:
+    wanted = str(value).strip().lower()
+    if key.lower() in fmap.by_name or key in fmap.by_key:
+        real = fmap.key_for(key)
+        current = (record.get("custom_fields") or {}).get(real, record.get(real))
+    else:
+        current = record.get(key)
+    if isinstance(current, dict) and "value" in current:
+        current = current["value"]
+    if isinstance(current, list):  # emails / phones: [{value, primary, label}]
+        return any(str(c.get("value") if isinstance(c, dict) else c).strip().lower() == wanted for c in current)
+    return current is not None and str(current).strip().lower() == wanted
