@@ -84,6 +84,16 @@ ENTITIES: dict[str, Entity] = {
         Entity("users", "v1", int, "offset", read_only=True),
     )
 }
+# standard fields a write may carry besides those the field definitions list
+_STANDARD_FIELDS = frozenset({
+    "title", "name", "value", "currency", "status", "stage_id", "pipeline_id", "owner_id", "person_id", "org_id",
+    "organization_id", "emails", "phones", "visible_to", "label_ids", "labels", "expected_close_date", "probability",
+    "lost_reason", "won_time", "lost_time", "close_time", "is_archived", "archive_time", "due_date", "due_time",
+    "duration", "deal_id", "lead_id", "project_id", "type", "done", "subject", "note", "public_description",
+    "location", "busy", "participants", "attendees", "content", "code", "description", "unit", "tax", "prices",
+    "category", "address", "first_name", "last_name", "marketing_status", "birthday", "job_title", "postal_address",
+    "notes", "add_time", "update_time", "user_id", "pinned_to_deal_flag", "pinned_to_person_flag",
+})
 _CUSTOM_FIELDS_IN_V2 = {"deals", "persons", "organizations", "products", "activities"}
 
 
@@ -129,6 +139,7 @@ class FieldMap:
         self.custom = [d for d in definitions if _is_custom(d)]
         self.by_key = {d["key"]: d for d in self.custom}
         self.by_name = {str(d["name"]).lower(): d for d in self.custom}
+        self.standard_keys = {str(d.get("key")) for d in definitions if not _is_custom(d)}
 
     def key_for(self, name: str) -> str:
         if name in self.by_key:
@@ -139,7 +150,9 @@ class FieldMap:
 
             close = difflib.get_close_matches(name.lower(), list(self.by_name), n=3)
             hint = f"; did you mean {', '.join(repr(self.by_name[c]['name']) for c in close)}?" if close else ""
-            raise CrmInputError(f"{self.entity}: unknown custom field {name!r}{hint}")
+            raise CrmInputError(
+                f"{self.entity}: unknown field {name!r}: neither a standard field nor a custom field name{hint}"
+            )
         return str(found["key"])
 
     def encode(self, key: str, value: Any) -> Any:
@@ -449,6 +462,8 @@ class PipedriveHook(BaseHook):
             if fmap and (key in fmap.by_key or key.lower() in fmap.by_name):
                 real = fmap.key_for(key)
                 custom[real] = fmap.encode(real, value)
+            elif fmap and fmap.definitions and key not in _STANDARD_FIELDS and key not in fmap.standard_keys:
+                fmap.key_for(key)  # raises: names the unknown field and suggests close custom-field names
             else:
                 standard[key] = value
         if custom:
@@ -522,7 +537,9 @@ class PipedriveHook(BaseHook):
         """The record whose ``key`` (standard field or custom field by name) equals ``value``, or None."""
         fmap = self.field_map(entity)
         is_custom = key.lower() in fmap.by_name or key in fmap.by_key
-        search_field = "custom_fields" if is_custom else key
+        if key == "email":
+            key = "emails"
+        search_field = "custom_fields" if is_custom else {"emails": "email", "phones": "phone"}.get(key, key)
         for item in self.search(entity, str(value), fields=search_field):
             record = self.get(entity, item["id"])
             if _matches(record, key, value, fmap):

@@ -255,9 +255,9 @@ class PipefyData:
             if len(text) != 5 or text[2] != ":":
                 raise bad
             return text
-        if ftype in ("select", "radio_vertical", "radio_horizontal") and field.get("options"):
-            if text not in field["options"]:
-                raise bad
+        if ftype in ("select", "radio_vertical", "radio_horizontal") and field.get("options") and \
+                text not in field["options"]:
+            raise bad
         if ftype == "email" and "@" not in text:
             raise bad
         return text
