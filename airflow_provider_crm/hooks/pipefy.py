@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+import httpx
 import requests
 from airflow.sdk import BaseHook
 from graphql import DocumentNode, parse, print_ast
@@ -312,7 +314,9 @@ class PipefyHook(BaseHook):
     @cached_property
     def settings(self) -> dict[str, Any]:
         """The connection, read and validated. Errors name the connection and field, never a secret."""
-        conn = self.get_connection(self.pipefy_conn_id)
+        return self.read_settings(self.get_connection(self.pipefy_conn_id))
+
+    def read_settings(self, conn: Any) -> dict[str, Any]:
         reader = ConnectionReader(self.pipefy_conn_id, "pipefy", conn.extra_dejson)
         client_id = reader.text("client_id")
         client_secret = reader.text("client_secret")
@@ -667,3 +671,72 @@ def card_url(card_id: str | int) -> str:
 
 def pipe_url(pipe_id: str | int) -> str:
     return f"{WEB_URL}/pipes/{pipe_id}"
+
+
+class PipefyAsyncHook(PipefyHook):
+    """The async twin for triggers: httpx, ``await``-ed rate limiting, never blocking the event loop.
+
+    :param pipefy_conn_id: the ``pipefy`` connection to use.
+    """
+
+    async def _asettings(self) -> dict[str, Any]:
+        if "settings" not in self.__dict__:
+            conn = await self.aget_connection(self.pipefy_conn_id)
+            self.__dict__["settings"] = self.read_settings(conn)
+        if "limiter" not in self.__dict__:
+            # building the limiter may open the file store: keep that I/O off the loop
+            limiter = await asyncio.to_thread(lambda: PipefyHook.limiter.func(self))  # type: ignore[attr-defined]
+            self.__dict__["limiter"] = limiter
+        return self.__dict__["settings"]
+
+    async def _abearer(self, client: httpx.AsyncClient, force_refresh: bool = False) -> str:
+        s = await self._asettings()
+        if not s["client_id"]:
+            return s["token"]
+        if force_refresh or not self._token or time.time() > self._token_expires - 60:
+            resp = await client.post(s["oauth_token_url"], data={
+                "grant_type": "client_credentials", "client_id": s["client_id"], "client_secret": s["client_secret"]})
+            if resp.status_code != 200:
+                raise CrmAuthError(f"service account token refused for connection {self.pipefy_conn_id!r}",
+                                   service="pipefy", status=resp.status_code)
+            body = resp.json()
+            self._token, self._token_expires = body["access_token"], time.time() + float(body.get("expires_in") or 3600)
+        return str(self._token)
+
+    async def aexecute(self, document: DocumentNode, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        s = await self._asettings()
+        await self.limiter.before_request_async(kind="read")
+        body = {"query": print_ast(document), "variables": variables or {}}
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            for attempt in (1, 2):
+                headers = {"Authorization": f"Bearer {await self._abearer(client, force_refresh=attempt == 2)}"}
+                try:
+                    resp = await client.post(s["api_url"], json=body, headers=headers)
+                except httpx.TimeoutException:
+                    raise CrmTransientApiError("request timed out", service="pipefy") from None
+                except httpx.TransportError as err:
+                    raise CrmTransientApiError(f"connection failed ({type(err).__name__})", service="pipefy") from None
+                await asyncio.to_thread(self.limiter.after_response, resp.status_code, resp.headers)
+                if resp.status_code == 401 and attempt == 1 and s["client_id"]:
+                    continue
+                break
+        return self._parse(resp)  # type: ignore[arg-type]
+
+    async def aget_card(self, card_id: str | int) -> dict[str, Any]:
+        card = (await self.aexecute(CARD, {"id": str(card_id)})).get("card")
+        if not card:
+            raise CrmNotFoundError(f"card {card_id} not found", service="pipefy")
+        return card
+
+    async def aphase_cards(self, phase_id: str | int, limit: int = 500) -> list[dict[str, Any]]:
+        cards: list[dict[str, Any]] = []
+        after = None
+        while len(cards) < limit:
+            data = await self.aexecute(PHASE_CARDS, {"id": str(phase_id), "first": PAGE_SIZE, "after": after})
+            connection = (data.get("phase") or {}).get("cards") or {}
+            cards += [edge["node"] for edge in connection.get("edges") or []]
+            info = connection.get("pageInfo") or {}
+            if not info.get("hasNextPage"):
+                break
+            after = info.get("endCursor")
+        return cards

@@ -1,0 +1,179 @@
+"""Sensors that wait on Pipefy phases: poke mode or deferred to the triggerer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_crm.common.context import data_interval, push_link
+from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
+from airflow_provider_crm.hooks.pipefy import PipefyHook, card_url
+from airflow_provider_crm.links import PipefyCardLink
+from airflow_provider_crm.triggers.pipefy import (
+    PipefyCardPhaseTrigger,
+    PipefyPhaseTrigger,
+    _fields,
+    matching_card_ids,
+)
+
+
+def _default_deferrable() -> bool:
+    from airflow.sdk.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class PipefyCardFailedError(AirflowFailException):
+    """The card reached a failure phase or was deleted: waiting longer cannot succeed."""
+
+
+class PipefyCardPhaseSensor(BaseSensorOperator):
+    """Wait until a card reaches one of the target phases; fail at once on a failure phase or deletion.
+
+    Pushes the card's phase and fields (by label and id) as its return value.
+
+    :param card_id: the card.
+    :param target_phases: phase ids or names that mean done.
+    :param failure_phases: phase ids or names that mean the wait failed.
+    :param deferrable: wait in the triggerer instead of a worker slot
+        (default ``[operators] default_deferrable``).
+    :param pipefy_conn_id: the Pipefy connection.
+    """
+
+    template_fields: Sequence[str] = ("card_id", "target_phases", "failure_phases")
+    operator_extra_links = (PipefyCardLink(),)
+
+    def __init__(self, *, card_id: str | int, target_phases: list[str | int] | str | int,
+                 failure_phases: list[str | int] | None = None, pipefy_conn_id: str = PipefyHook.default_conn_name,
+                 deferrable: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.card_id = card_id
+        self.target_phases = target_phases if isinstance(target_phases, list) else [target_phases]
+        self.failure_phases = failure_phases or []
+        self.pipefy_conn_id = pipefy_conn_id
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+
+    @cached_property
+    def hook(self) -> PipefyHook:
+        return PipefyHook(pipefy_conn_id=self.pipefy_conn_id)
+
+    def _phase_ids(self, card: dict[str, Any]) -> tuple[list[str], list[str]]:
+        pipe_id = card["pipe"]["id"]
+        targets = [str(self.hook.resolve_phase(pipe_id, p)["id"]) for p in self.target_phases]
+        failures = [str(self.hook.resolve_phase(pipe_id, p)["id"]) for p in self.failure_phases]
+        return targets, failures
+
+    def _card(self) -> dict[str, Any]:
+        try:
+            return self.hook.get_card(self.card_id)
+        except (CrmNotFoundError, CrmPermissionError) as err:
+            raise PipefyCardFailedError(f"card {self.card_id} was deleted or is no longer visible: {err}") from err
+
+    def _check(self, card: dict[str, Any], targets: list[str], failures: list[str]) -> dict[str, Any] | None:
+        phase = card["current_phase"]
+        info = {"card_id": str(card["id"]), "phase_id": str(phase["id"]), "phase": phase["name"],
+                "fields": _fields(card)}
+        if str(phase["id"]) in failures:
+            raise PipefyCardFailedError(f"card {card['id']} reached failure phase {phase['name']!r}")
+        return info if str(phase["id"]) in targets else None
+
+    def execute(self, context: Any) -> Any:
+        push_link(context, PipefyCardLink.xcom_key, card_url(self.card_id))
+        if not self.deferrable:
+            return super().execute(context)
+        card = self._card()
+        targets, failures = self._phase_ids(card)
+        done = self._check(card, targets, failures)
+        if done is not None:
+            return done
+        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+        self.defer(
+            trigger=PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id,
+                                           poll_interval=float(self.poke_interval if not isinstance(
+                                               self.poke_interval, timedelta) else self.poke_interval.total_seconds()),
+                                           timeout=float(timeout) if timeout else None),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Any) -> PokeReturnValue:
+        card = self._card()
+        targets, failures = self._phase_ids(card)
+        info = self._check(card, targets, failures)
+        self.log.info("Card %s is in phase %r", self.card_id, card["current_phase"]["name"])
+        return PokeReturnValue(is_done=info is not None, xcom_value=info)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        status = event.get("status")
+        if status == "success":
+            self.log.info("Card %s reached phase %r", event["card_id"], event["phase"])
+            return {k: event[k] for k in ("card_id", "phase_id", "phase", "fields")}
+        if status == "failure":
+            raise PipefyCardFailedError(f"card {event['card_id']} reached failure phase {event['phase']!r}")
+        if status == "deleted":
+            raise PipefyCardFailedError(f"card {event['card_id']} was deleted: {event.get('message')}")
+        from airflow.sdk.exceptions import AirflowException
+
+        raise AirflowException(f"waiting for card {self.card_id} ended with {status}: {event.get('message')}")
+
+
+class PipefyPhaseSensor(BaseSensorOperator):
+    """Wait until a phase holds at least ``min_cards`` cards, optionally only cards updated since the
+    data interval began. Returns their ids.
+
+    :param pipe_id: the pipe (to resolve a phase name).
+    :param phase: phase id or name.
+    :param min_cards: how many cards to wait for.
+    :param since_interval_start: count only cards updated since the run's data interval began.
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param pipefy_conn_id: the Pipefy connection.
+    """
+
+    template_fields: Sequence[str] = ("pipe_id", "phase")
+
+    def __init__(self, *, pipe_id: str | int, phase: str | int, min_cards: int = 1, since_interval_start: bool = False,
+                 pipefy_conn_id: str = PipefyHook.default_conn_name, deferrable: bool | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipe_id = pipe_id
+        self.phase = phase
+        self.min_cards = min_cards
+        self.since_interval_start = since_interval_start
+        self.pipefy_conn_id = pipefy_conn_id
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+
+    @cached_property
+    def hook(self) -> PipefyHook:
+        return PipefyHook(pipefy_conn_id=self.pipefy_conn_id)
+
+    def _since(self, context: Any) -> str | None:
+        if not self.since_interval_start:
+            return None
+        start, _ = data_interval(context)
+        return start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else None
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        phase = self.hook.resolve_phase(self.pipe_id, self.phase)
+        self.defer(trigger=PipefyPhaseTrigger(str(phase["id"]), self.min_cards, self._since(context),
+                                              self.pipefy_conn_id, poll_interval=float(self.poke_interval)),
+                   method_name="execute_complete")
+
+    def poke(self, context: Any) -> PokeReturnValue:
+        phase = self.hook.resolve_phase(self.pipe_id, self.phase)
+        ids = matching_card_ids(list(self.hook.iter_phase_cards(phase["id"])), self._since(context))
+        self.log.info("Phase %r holds %d matching cards (waiting for %d)", phase["name"], len(ids), self.min_cards)
+        return PokeReturnValue(is_done=len(ids) >= self.min_cards, xcom_value=ids)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> list[str]:
+        if event.get("status") != "success":
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(f"waiting for phase {self.phase} ended with {event.get('status')}: "
+                                   f"{event.get('message')}")
+        return event["card_ids"]
