@@ -104,10 +104,23 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Pipefy", "python-modules": ["airflow_provider_crm.hooks.pipefy"]},
             {"integration-name": "Pipedrive", "python-modules": ["airflow_provider_crm.hooks.pipedrive"]},
         ],
-        "operators": [],
-        "sensors": [],
-        "triggers": [],
-        "extra-links": [],
+        "operators": [
+            {"integration-name": "Pipefy", "python-modules": ["airflow_provider_crm.operators.pipefy"]},
+            {"integration-name": "Pipedrive", "python-modules": ["airflow_provider_crm.operators.pipedrive"]},
+        ],
+        "sensors": [
+            {"integration-name": "Pipefy", "python-modules": ["airflow_provider_crm.sensors.pipefy"]},
+            {"integration-name": "Pipedrive", "python-modules": ["airflow_provider_crm.sensors.pipedrive"]},
+        ],
+        "triggers": [
+            {"integration-name": "Pipefy", "python-modules": ["airflow_provider_crm.triggers.pipefy"]},
+            {"integration-name": "Pipedrive", "python-modules": ["airflow_provider_crm.triggers.pipedrive"]},
+        ],
+        "extra-links": [
+            "airflow_provider_crm.links.PipefyCardLink",
+            "airflow_provider_crm.links.PipefyPipeLink",
+            "airflow_provider_crm.links.PipedriveRecordLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "pipefy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import httpx
 import requests
 from airflow.sdk import BaseHook
 
@@ -251,7 +253,10 @@ class PipedriveHook(BaseHook):
     # -- settings ----------------------------------------------------------------------------------
     @cached_property
     def settings(self) -> dict[str, Any]:
-        conn = self.get_connection(self.pipedrive_conn_id)
+        """The connection, read and validated. Errors name the connection and field, never a secret."""
+        return self.read_settings(self.get_connection(self.pipedrive_conn_id))
+
+    def read_settings(self, conn: Any) -> dict[str, Any]:
         reader = ConnectionReader(self.pipedrive_conn_id, "pipedrive", conn.extra_dejson)
         token = (conn.password or "").strip() or None
         oauth = {name: reader.text(name) for name in ("client_id", "client_secret", "refresh_token")}
@@ -272,6 +277,7 @@ class PipedriveHook(BaseHook):
         default_base = f"https://{domain}.pipedrive.com" if domain else DEFAULT_BASE_URL
         plans = (*PIPEDRIVE_BURST, *PIPEDRIVE_PLAN_ALIASES)
         return {
+            "host_given": bool(host),
             "base_url": reader.url("host", host, default_base),
             "token": token,
             **oauth,
@@ -332,6 +338,10 @@ class PipedriveHook(BaseHook):
             )
         except requests.RequestException as err:
             raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})", service="pipedrive") from None
+        self._accept_token_answer(resp, refresh)
+
+    def _accept_token_answer(self, resp: Any, refresh: str) -> None:
+        s = self.settings
         if resp.status_code >= 500:
             raise CrmTransientApiError("OAuth endpoint error", service="pipedrive", status=resp.status_code)
         if resp.status_code != 200:
@@ -343,8 +353,8 @@ class PipedriveHook(BaseHook):
         body = resp.json()
         self._access_token = body["access_token"]
         self._access_expires = time.time() + float(body.get("expires_in") or 3600)
-        if body.get("api_domain") and not self.get_connection(self.pipedrive_conn_id).host:
-            self.settings["base_url"] = str(body["api_domain"]).rstrip("/")
+        if body.get("api_domain") and not s["host_given"]:
+            s["base_url"] = str(body["api_domain"]).rstrip("/")
         new_refresh = body.get("refresh_token")
         if new_refresh and new_refresh != refresh:
             self._refresh_token = new_refresh
@@ -576,3 +586,64 @@ def _matches(record: dict[str, Any], key: str, value: Any, fmap: FieldMap) -> bo
     if isinstance(current, list):  # emails / phones: [{value, primary, label}]
         return any(str(c.get("value") if isinstance(c, dict) else c).strip().lower() == wanted for c in current)
     return current is not None and str(current).strip().lower() == wanted
+
+
+class PipedriveAsyncHook(PipedriveHook):
+    """The async twin for triggers: httpx and awaited rate limiting; never blocks the event loop.
+
+    :param pipedrive_conn_id: the ``pipedrive`` connection to use.
+    """
+
+    async def _asettings(self) -> dict[str, Any]:
+        if "settings" not in self.__dict__:
+            conn = await self.aget_connection(self.pipedrive_conn_id)
+            self.__dict__["settings"] = self.read_settings(conn)
+        if "limiter" not in self.__dict__:
+            self.__dict__["limiter"] = await asyncio.to_thread(
+                lambda: PipedriveHook.limiter.func(self)  # type: ignore[attr-defined]
+            )
+        return self.__dict__["settings"]
+
+    async def _aauth_headers(self, client: httpx.AsyncClient, force_refresh: bool = False) -> dict[str, str]:
+        s = await self._asettings()
+        if s["auth_type"] == "token":
+            return {"x-api-token": s["token"]}
+        if force_refresh or not self._access_token or time.time() > self._access_expires - 60:
+            refresh = self._refresh_token or s["refresh_token"]
+            try:
+                resp = await client.post(s["oauth_token_url"],
+                                         data={"grant_type": "refresh_token", "refresh_token": refresh},
+                                         auth=(s["client_id"], s["client_secret"]))
+            except httpx.TransportError as err:
+                raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
+                                           service="pipedrive") from None
+            self._accept_token_answer(resp, refresh)
+        return {"Authorization": f"Bearer {self._access_token}"}
+
+    async def aget(self, entity: str, record_id: Any) -> dict[str, Any]:
+        info = entity_info(entity)
+        s = await self._asettings()
+        path = f"{info.path}/{record_id}"
+        what = f"GET /api/{info.version}{path}"
+        await self.limiter.before_request_async(kind="read", cost=pipedrive_token_cost("GET", path, info.version))
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            for attempt in (1, 2):
+                try:
+                    resp = await client.get(f"{s['base_url']}/api/{info.version}{path}",
+                                            headers=await self._aauth_headers(client, force_refresh=attempt == 2))
+                except httpx.TimeoutException:
+                    raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
+                except httpx.TransportError as err:
+                    raise CrmTransientApiError(f"{what}: connection failed ({type(err).__name__})",
+                                               service="pipedrive") from None
+                await asyncio.to_thread(self.limiter.after_response, resp.status_code, resp.headers)
+                if resp.status_code == 401 and attempt == 1 and s["auth_type"] == "oauth":
+                    continue
+                break
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400 or not isinstance(body, dict) or body.get("success") is False:
+            raise pipedrive_error(resp.status_code if resp.status_code >= 400 else 502, body, what)
+        return body["data"]

@@ -1,0 +1,363 @@
+"""Pipedrive operators: entity create/update/delete, bulk upsert, streaming exports, mail export."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+
+from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
+from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
+from airflow_provider_crm.common.export import open_export_writer
+from airflow_provider_crm.common.rows import read_rows
+from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.hooks.pipedrive import PipedriveHook, entity_info
+from airflow_provider_crm.links import PipedriveRecordLink
+
+
+class _PipedriveOperator(BaseOperator):
+    def __init__(self, *, pipedrive_conn_id: str = PipedriveHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipedrive_conn_id = pipedrive_conn_id
+
+    @cached_property
+    def hook(self) -> PipedriveHook:
+        return PipedriveHook(pipedrive_conn_id=self.pipedrive_conn_id)
+
+    def summary(self, **values: Any) -> dict[str, Any]:
+        return {**values, "rate_limit": self.hook.limiter.stats.as_dict()}
+
+
+class PipedriveCreateOperator(_PipedriveOperator):
+    """Create a record of any writable entity; custom fields may be given by name, options by label.
+
+    :param entity: deals, persons, organizations, activities, products, leads or notes.
+    :param data: the record.
+    :param key_field: a field (standard or custom by name) whose value identifies the record: if one
+        exists it is returned instead of creating another, so an Airflow retry creates no duplicate.
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("entity", "data", "key_field")
+    operator_extra_links = (PipedriveRecordLink(),)
+
+    def __init__(self, *, entity: str, data: dict[str, Any], key_field: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entity = entity
+        self.data = data
+        self.key_field = key_field
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        existing = None
+        if self.key_field:
+            if self.data.get(self.key_field) in (None, ""):
+                raise CrmInputError(f"key_field {self.key_field!r} has no value in data")
+            existing = self.hook.find_one(self.entity, self.key_field, _key_value(self.data[self.key_field]))
+        record = existing or self.hook.create(self.entity, self.data, key_field=self.key_field)
+        push_link(context, PipedriveRecordLink.xcom_key, self.hook.record_url(self.entity, record["id"]))
+        return self.summary(entity=self.entity, id=record["id"], created=existing is None)
+
+
+class PipedriveUpdateOperator(_PipedriveOperator):
+    """Update a record; custom fields may be given by name.
+
+    :param entity: the entity.
+    :param record_id: the record's id.
+    :param data: fields to change.
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("entity", "record_id", "data")
+    operator_extra_links = (PipedriveRecordLink(),)
+
+    def __init__(self, *, entity: str, record_id: Any, data: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entity = entity
+        self.record_id = record_id
+        self.data = data
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        record = self.hook.update(self.entity, self.record_id, self.data)
+        push_link(context, PipedriveRecordLink.xcom_key, self.hook.record_url(self.entity, record["id"]))
+        return self.summary(entity=self.entity, id=record["id"], updated=sorted(self.data))
+
+
+class PipedriveDeleteOperator(_PipedriveOperator):
+    """Delete a record. Already gone counts as deleted unless ``must_exist``.
+
+    :param entity: the entity.
+    :param record_id: the record's id.
+    :param must_exist: fail when it does not exist.
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("entity", "record_id")
+
+    def __init__(self, *, entity: str, record_id: Any, must_exist: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entity = entity
+        self.record_id = record_id
+        self.must_exist = must_exist
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        try:
+            self.hook.delete(self.entity, self.record_id)
+            deleted = True
+        except CrmNotFoundError:
+            if self.must_exist:
+                raise
+            deleted = False
+        return self.summary(entity=self.entity, id=self.record_id, deleted=deleted)
+
+
+def _key_value(value: Any) -> Any:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value[0].get("value")
+    return value
+
+
+class PipedriveUpsertOperator(_PipedriveOperator):
+    """Create or update records from rows, keyed by a standard field or a custom field by name.
+
+    :param entity: deals, persons, organizations, products, leads...
+    :param rows: a list of dicts, an XCom (templated), or a JSON Lines / CSV file.
+    :param key_field: the field identifying a record (``email``, ``name``, or a custom field's name).
+    :param rejects_path: JSON Lines file for failed rows with the error.
+    :param max_failure_ratio: fail the task past this fraction of failed rows (0: any failure).
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("entity", "rows", "key_field", "rejects_path")
+
+    def __init__(self, *, entity: str, rows: Any, key_field: str, rejects_path: str | ObjectStoragePath | None = None,
+                 max_failure_ratio: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entity = entity
+        self.rows = rows
+        self.key_field = key_field
+        self.rejects_path = rejects_path
+        self.max_failure_ratio = max_failure_ratio
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        entity_info(self.entity)
+        report = UpsertReport(self.rejects_path, task_label=f"{self.entity} upsert")
+        for index, row in enumerate(read_rows(self.rows), start=1):
+            try:
+                outcome, record_id = self._upsert_row(row)
+                report.record(outcome, record_id)
+            except CrmError as err:
+                report.reject(index, row, err)
+        summary = self.summary(entity=self.entity, **report.summary())
+        self.log.info("Upsert finished: %s", summary)
+        report.check_threshold(self.max_failure_ratio)
+        return summary
+
+    def _upsert_row(self, row: dict[str, Any]) -> tuple[str, Any]:
+        key_value = _key_value(row.get(self.key_field))
+        if key_value in (None, ""):
+            raise CrmInputError(f"key field {self.key_field!r} is empty")
+        data = {k: v for k, v in row.items() if v is not None}
+        if self.entity == "persons" and isinstance(data.get("email"), str):
+            data["emails"] = [{"value": data.pop("email"), "primary": True, "label": "work"}]
+        if self.entity == "persons" and isinstance(data.get("phone"), str):
+            data["phones"] = [{"value": data.pop("phone"), "primary": True, "label": "work"}]
+        body = self.hook.encode_record(self.entity, data)  # validates names before any write
+        existing = self.hook.find_one(self.entity, self.key_field, key_value)
+        if existing is None:
+            created = self.hook.create(self.entity, data, key_field=self.key_field if self.key_field in data
+                                       else None)
+            return "created", created["id"]
+        if _unchanged(existing, body):
+            return "unchanged", existing["id"]
+        self.hook.update(self.entity, existing["id"], data)
+        return "updated", existing["id"]
+
+
+def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
+    for key, value in body.items():
+        if key == "custom_fields":
+            current = existing.get("custom_fields") or {}
+            if any(current.get(k) != v for k, v in value.items()):
+                return False
+        elif key in ("emails", "phones"):
+            have = {str(e.get("value")).lower() for e in existing.get(key) or []}
+            if not {str(e.get("value")).lower() for e in value} <= have:
+                return False
+        elif existing.get(key) != value:
+            return False
+    return True
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PipedriveExportOperator(_PipedriveOperator):
+    """Export any entity to JSON Lines or CSV, streamed and written atomically.
+
+    Custom fields come out under their names and option ids as labels. Incremental by the run's data
+    interval: ``updated_since`` = start (inclusive) and ``updated_until`` = end (exclusive), so
+    consecutive runs neither miss nor repeat a record. Deleted deals can be added as tombstones.
+
+    :param entity: deals, persons, organizations, activities, products, leads, notes, pipelines, stages.
+    :param path: target file (ObjectStoragePath or URL).
+    :param fmt: ``jsonl`` or ``csv``.
+    :param full: ignore the data interval.
+    :param include_deleted: add deals deleted in the interval as ``{"id", "_deleted": true, ...}`` rows.
+    :param rename_custom_fields: custom fields by name (True) or by hash key.
+    :param option_labels: option ids as labels.
+    :param slices: split the interval into this many time slices fetched in parallel.
+    :param fieldnames: CSV columns (default: the first record's).
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("entity", "path", "fmt")
+
+    def __init__(self, *, entity: str, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
+                 include_deleted: bool = False, rename_custom_fields: bool = True, option_labels: bool = True,
+                 slices: int = 1, fieldnames: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entity = entity
+        self.path = path
+        self.fmt = fmt
+        self.full = full
+        self.include_deleted = include_deleted
+        self.rename_custom_fields = rename_custom_fields
+        self.option_labels = option_labels
+        self.slices = slices
+        self.fieldnames = fieldnames
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        info = entity_info(self.entity)
+        start, end = (None, None) if self.full else data_interval(context)
+        if start is not None and "updated_since" not in info.filters:
+            raise CrmInputError(f"{self.entity} has no updated_since filter: export it with full=True")
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        if end is not None and end > now:
+            # a record updated later in this second could be missed by the next run: stop at now
+            self.log.warning("Data interval ends in the future (%s); exporting up to %s", end, now)
+            end = now
+        fmap = self.hook.field_map(self.entity) if self.rename_custom_fields and info.fields_endpoint else None
+        counts = {"records": 0, "deleted": 0}
+        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer:
+            for record in self._records(start, end):
+                deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
+                if fmap is not None:
+                    record = fmap.rename_record(record, labels=self.option_labels)
+                if deleted:
+                    record["_deleted"] = True
+                    counts["deleted"] += 1
+                writer.write(record)
+                if writer.count % 5000 == 0:
+                    self.log.info("%d %s written", writer.count, self.entity)
+        counts["records"] = writer.count
+        emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path)})
+        return self.summary(entity=self.entity, path=str(self.path), **counts,
+                            interval=[str(start), str(end)] if start else None)
+
+    def _filters(self, start: datetime | None, end: datetime | None, status: str | None = None) -> dict[str, Any]:
+        info = entity_info(self.entity)
+        filters: dict[str, Any] = {}
+        if start is not None:
+            filters["updated_since"] = _rfc3339(start) if info.version == "v2" else start.strftime("%Y-%m-%d %H:%M:%S")
+        if end is not None and "updated_until" in info.filters:
+            filters["updated_until"] = _rfc3339(end)
+        if "sort_by" in info.filters:
+            filters.update({"sort_by": "update_time", "sort_direction": "asc"})
+        if status:
+            filters["status"] = status
+        return filters
+
+    def _slice_records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
+        yield from self.hook.iter_records(self.entity, **self._filters(start, end))
+        if self.include_deleted and self.entity == "deals":
+            yield from self.hook.iter_records(self.entity, **self._filters(start, end, "deleted"))
+
+    def _records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
+        if self.slices <= 1 or start is None or end is None:
+            yield from self._slice_records(start, end)
+            return
+        step = (end - start) / self.slices
+        bounds = [(start + step * i, start + step * (i + 1) if i < self.slices - 1 else end)
+                  for i in range(self.slices)]
+        # whole seconds, so slice edges line up with the API's second-precision filters
+        bounds = [(a.replace(microsecond=0), b.replace(microsecond=0) if b != end else b) for a, b in bounds]
+        done = object()
+        out: queue.Queue[Any] = queue.Queue(maxsize=2000)
+        stop = threading.Event()
+
+        def fetch(a: datetime, b: datetime) -> None:
+            try:
+                for record in self._slice_records(a, b):
+                    if stop.is_set():
+                        return
+                    out.put(record)
+            except BaseException as err:
+                out.put(err)
+            finally:
+                out.put(done)
+
+        with ThreadPoolExecutor(max_workers=self.slices, thread_name_prefix="pipedrive-slice") as pool:
+            for a, b in bounds:
+                if b > a:
+                    pool.submit(fetch, a, b)
+                else:
+                    out.put(done)
+            remaining = len(bounds)
+            try:
+                while remaining:
+                    item = out.get()
+                    if item is done:
+                        remaining -= 1
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        yield item
+            finally:
+                stop.set()
+                while not out.empty():
+                    out.get_nowait()
+
+
+class PipedriveMailExportOperator(_PipedriveOperator):
+    """Export the mail threads of a folder, each with its messages, to JSON Lines (streamed, atomic).
+
+    :param folder: inbox, drafts, sent or archive.
+    :param path: target file.
+    :param pipedrive_conn_id: the Pipedrive connection.
+    """
+
+    template_fields: Sequence[str] = ("folder", "path")
+
+    def __init__(self, *, folder: str = "inbox", path: str | ObjectStoragePath, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = folder
+        self.path = path
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        messages = 0
+        with open_export_writer(self.path, "jsonl") as writer:
+            for thread in self.hook.iter_mail_threads(self.folder):
+                thread_messages = self.hook.thread_messages(thread["id"])
+                messages += len(thread_messages)
+                writer.write({**thread, "messages": thread_messages})
+        emit_asset_event(context, self.outlets, {"threads": writer.count, "messages": messages})
+        return self.summary(folder=self.folder, path=str(self.path), records=writer.count, messages=messages)
+
+
+__all__ = [
+    "PipedriveCreateOperator",
+    "PipedriveDeleteOperator",
+    "PipedriveExportOperator",
+    "PipedriveMailExportOperator",
+    "PipedriveUpdateOperator",
+    "PipedriveUpsertOperator",
+]
