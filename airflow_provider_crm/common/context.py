@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 
 def data_interval(context: Any) -> tuple[datetime | None, datetime | None]:
-    """The run's data interval (None, None for runs without one, such as some manual runs)."""
+    """The run's data interval; (None, None) when the run has none (a manual run's interval is empty):
+    operators then work on everything."""
     start = context.get("data_interval_start")
     end = context.get("data_interval_end")
     if start is None or end is None or start == end:

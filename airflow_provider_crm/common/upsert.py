@@ -28,7 +28,7 @@ class UpsertReport:
         self.rejects_path = as_path(rejects_path) if rejects_path else None
         self.task_label = task_label
         self.counts = dict.fromkeys(OUTCOMES, 0)
-        self.ids: dict[str, list[Any]] = {"created": [], "updated": []}
+        self.ids: dict[str, list[Any]] = {"created": [], "updated": [], "unchanged": []}
         self.sample_errors: list[dict[str, Any]] = []
         self._rejects: IO[str] | None = None
 
@@ -85,5 +85,6 @@ class UpsertReport:
             **self.counts,
             "total": self.total,
             "rejects_path": str(self.rejects_path) if self.rejects_path and self.counts["failed"] else None,
+            "ids": [*self.ids["created"], *self.ids["updated"], *self.ids["unchanged"]][:1000],
             "errors": self.sample_errors[:5],
         }

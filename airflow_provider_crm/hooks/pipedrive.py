@@ -158,10 +158,39 @@ class FieldMap:
         return str(found["key"])
 
     def encode(self, key: str, value: Any) -> Any:
-        """A value for writing: option labels become option ids."""
+        """A value for writing, by field type: numbers from text, dates as ISO, option labels as ids."""
         definition = self.by_key[key]
         options = definition.get("options") or []
-        if not options or value is None:
+        if value is None:
+            return None
+        ftype = definition.get("field_type")
+        where = f"{self.entity}: field {definition['name']!r} ({ftype})"
+        if ftype in ("double", "int", "monetary"):
+            amount = value.get("value") if isinstance(value, dict) else value
+            try:
+                number = float(str(amount).strip()) if not isinstance(amount, bool) else None
+            except ValueError:
+                number = None
+            if number is None:
+                raise CrmInputError(f"{where}: {amount!r} is not a number")
+            if ftype == "monetary":
+                currency = value.get("currency") if isinstance(value, dict) else None
+                return {"value": number, "currency": currency or "USD"}
+            return int(number) if ftype == "int" and number.is_integer() else number
+        if ftype == "date":
+            from datetime import date, datetime
+
+            if isinstance(value, datetime):
+                return value.date().isoformat()
+            if isinstance(value, date):
+                return value.isoformat()
+            try:
+                return date.fromisoformat(str(value)[:10]).isoformat()
+            except ValueError:
+                raise CrmInputError(f"{where}: {value!r} is not a date (YYYY-MM-DD)") from None
+        if ftype in ("varchar", "text", "varchar_auto", "phone", "address") and not isinstance(value, (dict, list)):
+            return str(value)
+        if not options:
             return value
         by_label = {str(o["label"]).lower(): o["id"] for o in options}
         ids = {o["id"] for o in options}
