@@ -78,7 +78,7 @@ def test_pipedrive_oauth(monkeypatch):
 def test_invalid_connections_name_the_connection_and_field_not_the_secret(monkeypatch, hook_cls, conn, field):
     set_conn(monkeypatch, "bad_conn", **conn)
     with pytest.raises(CrmConfigError) as err:
-        hook_cls("bad_conn").settings
+        _ = hook_cls("bad_conn").settings
     assert err.value.conn_id == "bad_conn" and err.value.field == field
     assert "'bad_conn'" in str(err.value) and f"'{field}'" in str(err.value)
     assert SECRET not in str(err.value)
