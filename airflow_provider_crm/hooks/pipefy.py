@@ -348,7 +348,7 @@ class PipefyHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         session = requests.Session()
-        session.headers.update({"Content-Type": "application/json", "User-Agent": "airflow-provider-crm"})
+        session.headers.update({"User-Agent": "airflow-provider-crm"})
         return session
 
     @cached_property

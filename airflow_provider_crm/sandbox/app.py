@@ -90,8 +90,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             state.counters.reset()
             state.scheduled_faults.clear()
             state.random.seed(config.seed)
-            for name, cls in SERVICES.items():
-                state.services[name] = cls(state)
+            for service in state.services.values():
+                # re-seed in place: the mounted routes are bound to these instances
+                service.__init__(state)
         return JSONResponse({"ok": True})
 
     async def counters(request: Request) -> Response:
