@@ -240,11 +240,10 @@ class PipedriveExportOperator(_PipedriveOperator):
         start, end = (None, None) if self.full else data_interval(context)
         if start is not None and "updated_since" not in info.filters:
             raise CrmInputError(f"{self.entity} has no updated_since filter: export it with full=True")
-        now = datetime.now(timezone.utc).replace(microsecond=0)
-        if end is not None and end > now:
-            # a record updated later in this second could be missed by the next run: stop at now
-            self.log.warning("Data interval ends in the future (%s); exporting up to %s", end, now)
-            end = now
+        if end is not None and end > datetime.now(timezone.utc):
+            # records updated between this export and `end` fall in this interval, not the next one
+            self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
+                             "then will not be exported by any run; schedule exports after their interval", end)
         fmap = self.hook.field_map(self.entity) if self.rename_custom_fields and info.fields_endpoint else None
         counts = {"records": 0, "deleted": 0}
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer:

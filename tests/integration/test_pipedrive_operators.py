@@ -1,0 +1,185 @@
+"""Pipedrive operators and the deal sensor against the sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from airflow_provider_crm.common.errors import (
+    CrmInputError,
+    CrmNotFoundError,
+    CrmPlanLimitError,
+)
+from airflow_provider_crm.hooks.pipedrive import PipedriveHook
+from airflow_provider_crm.operators.pipedrive import (
+    PipedriveCreateOperator,
+    PipedriveDeleteOperator,
+    PipedriveExportOperator,
+    PipedriveUpdateOperator,
+    PipedriveUpsertOperator,
+)
+from airflow_provider_crm.sensors.pipedrive import PipedriveDealSensor
+from airflow_provider_crm.triggers.pipedrive import PipedriveDealTrigger
+
+pytestmark = pytest.mark.integration
+TOKEN = {"x-api-token": "sandbox-pipedrive-token"}
+
+
+def sandbox_state(sandbox, entity):
+    return requests.get(f"{sandbox.url}/pipedrive/_state/{entity}", timeout=10).json()
+
+
+def advance(sandbox, seconds):
+    requests.post(f"{sandbox.url}/_sandbox/clock", json={"advance": seconds}, timeout=10).raise_for_status()
+
+
+def clock(sandbox) -> datetime:
+    now = requests.get(f"{sandbox.url}/_sandbox/clock", timeout=10).json()["now"]
+    return datetime.fromtimestamp(int(now), timezone.utc)
+
+
+def test_create_update_delete_with_custom_fields_by_name(connections, context, sandbox):
+    ctx = context()
+    created = PipedriveCreateOperator(task_id="c", entity="deals", key_field="External id",
+                                      data={"title": "Big one", "Onboarding plan": "Enterprise",
+                                            "External id": "EXT-NEW", "Contract value": "1500"}).execute(ctx)
+    again = PipedriveCreateOperator(task_id="c", entity="deals", key_field="External id",
+                                    data={"title": "Big one", "External id": "EXT-NEW"}).execute(context())
+    assert created["created"] and not again["created"] and again["id"] == created["id"]
+    assert ctx["ti"].xcom["pipedrive_record_url"].endswith(f"/deal/{created['id']}")
+    deal = next(d for d in sandbox_state(sandbox, "deals") if d["id"] == created["id"])
+    fields = PipedriveHook().field_map("deals")
+    named = fields.rename_record(deal)
+    assert named["Onboarding plan"] == "Enterprise" and named["Contract value"] == {"value": 1500.0, "currency": "USD"}
+    PipedriveUpdateOperator(task_id="u", entity="deals", record_id=created["id"], data={"status": "won"}).execute(ctx)
+    PipedriveDeleteOperator(task_id="d", entity="deals", record_id=created["id"]).execute(ctx)
+    with pytest.raises(CrmNotFoundError):
+        PipedriveDeleteOperator(task_id="d", entity="deals", record_id=created["id"], must_exist=True).execute(ctx)
+
+
+def test_consecutive_incremental_runs_lose_nothing_and_repeat_nothing(connections, context, sandbox, tmp_path):
+    hook = PipedriveHook()
+    t0 = clock(sandbox)
+    start = t0 - timedelta(days=500)
+    seen: dict[int, int] = {}
+    boundaries = [start, t0 + timedelta(seconds=1)]
+    # run 1 covers history; between runs records change, appear and are deleted
+    for run, (a, b) in enumerate(zip(boundaries, boundaries[1:], strict=False)):
+        path = tmp_path / f"run{run}.jsonl"
+        PipedriveExportOperator(task_id="e", entity="deals", path=str(path), include_deleted=True,
+                                slices=3).execute(context(a, b))
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            seen[record["id"]] = seen.get(record["id"], 0) + 1
+    advance(sandbox, 5)
+    hook.update("deals", 3, {"title": "Changed after run 1"})
+    new = hook.create("deals", {"title": "Born after run 1"})
+    hook.delete("deals", 4)
+    advance(sandbox, 5)
+    t1 = clock(sandbox) + timedelta(seconds=1)
+    path = tmp_path / "run2.jsonl"
+    summary = PipedriveExportOperator(task_id="e", entity="deals", path=str(path), include_deleted=True).execute(
+        context(boundaries[-1], t1))
+    second = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["id"] for r in second} == {3, new["id"], 4}
+    assert next(r for r in second if r["id"] == 4)["_deleted"] is True and summary["deleted"] == 1
+    # against the sandbox's full state: every live, non-archived deal was exported exactly once in run 1
+    state = sandbox_state(sandbox, "deals")
+    expected_first = {d["id"] for d in state if not d.get("is_archived") and d["id"] != new["id"]}
+    assert set(seen) == expected_first
+    assert all(count == 1 for count in seen.values())
+
+
+def test_export_renames_custom_fields_and_option_labels(connections, context, tmp_path):
+    path = tmp_path / "persons.csv"
+    PipedriveExportOperator(task_id="e", entity="persons", path=str(path), fmt="csv", full=True).execute(context())
+    header = path.read_text().splitlines()[0]
+    assert "Source" in header and "Customer id" in header
+    assert not any(len(col) == 40 for col in header.split(","))
+
+
+def test_upsert_by_email_and_custom_field_no_duplicates(connections, context, sandbox, tmp_path):
+    rows = [{"email": "person2@example.com", "name": "Person Two", "Source": "Event"},
+            {"email": "new.one@example.com", "name": "New One", "Lifetime value": "12.5"},
+            {"email": "bad@example.com", "name": "Bad", "Lifetime value": "a lot"}]
+    rejects = tmp_path / "rejects.jsonl"
+    op = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows, key_field="email",
+                                 rejects_path=str(rejects), max_failure_ratio=0.5)
+    first = op.execute(context())
+    assert (first["created"], first["updated"], first["failed"]) == (1, 1, 1)
+    assert "'a lot' is not a number" in rejects.read_text()
+    second = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows[:2], key_field="email").execute(
+        context())
+    assert (second["created"], second["unchanged"]) == (0, 2)
+    by_custom = PipedriveUpsertOperator(task_id="u", entity="persons", key_field="Customer id",
+                                        rows=[{"Customer id": "C-000007", "name": "Renamed Seven"}]).execute(context())
+    assert by_custom["updated"] == 1
+    persons = sandbox_state(sandbox, "persons")
+    assert sum(1 for p in persons for e in p["emails"] if e["value"] == "new.one@example.com") == 1
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "match"),
+    [
+        (lambda h: list(h.iter_records("widgets")), CrmInputError, "unknown Pipedrive entity 'widgets'"),
+        (lambda h: h.create("deals", {"title": "x", "Onbording plan": "Pro"}), CrmInputError,
+         "unknown field 'Onbording plan'.*did you mean 'Onboarding plan'"),
+        (lambda h: h.create("deals", {"title": "x", "Seats": "twelve"}), CrmInputError, "'Seats'.*'twelve' is not a number"),
+        (lambda h: h.get("deals", 987654), CrmNotFoundError, "deals/987654.*Entity was not found"),
+    ],
+)
+def test_bad_input_names_what_is_wrong(connections, action, error, match):
+    with pytest.raises(error, match=match):
+        action(PipedriveHook())
+
+
+def test_plan_limit_is_a_clear_error(connections, sandbox):
+    requests.patch(f"{sandbox.url}/pipedrive/_state/settings", json={"deal_limit": 1}, timeout=10)
+    with pytest.raises(CrmPlanLimitError, match="limit of deals for your plan"):
+        PipedriveHook().create("deals", {"title": "one too many"})
+
+
+def test_oauth_refresh_rotates_and_keeps_working(monkeypatch, sandbox):
+    info = sandbox.info()
+    monkeypatch.setenv("AIRFLOW_CONN_PIPEDRIVE_OAUTH", json.dumps({"conn_type": "pipedrive", "extra": {
+        "client_id": "sandbox-pipedrive-client", "client_secret": "sandbox-pipedrive-secret",
+        "refresh_token": "sandbox-pipedrive-refresh-token", "oauth_token_url": info["pipedrive_oauth_token_url"],
+        "rate_limit_store": "memory"}}))
+    hook = PipedriveHook("pipedrive_oauth")
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert hook.settings["base_url"] == info["pipedrive_url"]  # api_domain from the token answer
+    hook._refresh_access_token()  # the rotated refresh token is used for the next refresh
+    assert hook.get("deals", 1)["id"] == 1
+
+
+def test_deal_sensor_poke_and_failure(connections, context):
+    hook = PipedriveHook()
+    sensor = PipedriveDealSensor(task_id="s", deal_id=1, statuses=["won"], deferrable=False)
+    assert not sensor.poke(context()).is_done
+    hook.update("deals", 1, {"status": "won"})
+    assert sensor.poke(context()).is_done
+    hook.update("deals", 5, {"status": "lost"})
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="deal 5 is lost"):
+        PipedriveDealSensor(task_id="s", deal_id=5, statuses=["won"], deferrable=False).poke(context())
+
+
+async def test_deal_trigger_fires_when_won(connections):
+    hook = PipedriveHook()
+    classpath, kwargs = PipedriveDealTrigger(9, statuses=["won"], poll_interval=0.2, timeout=20).serialize()
+    assert classpath == "airflow_provider_crm.triggers.pipedrive.PipedriveDealTrigger"
+
+    async def win_later():
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(hook.update, "deals", 9, {"status": "won"})
+
+    winner = asyncio.create_task(win_later())
+    event = await asyncio.wait_for(anext(PipedriveDealTrigger(**kwargs).run()), 20)
+    await winner
+    assert event.payload["status"] == "success" and event.payload["deal_status"] == "won"
