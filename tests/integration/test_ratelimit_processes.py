@@ -112,10 +112,7 @@ def _pipefy_caller(store: str, token: str, results: multiprocessing.Queue) -> No
 
 @pytest.mark.parametrize("store_kind", ["file", "redis"])
 def test_pipefy_block_from_one_process_is_respected_by_another(tmp_path, store_kind, request):
-    if store_kind == "redis":
-        store = request.getfixturevalue("redis_url")
-    else:
-        store = f"file://{tmp_path}"
+    store = request.getfixturevalue("redis_url") if store_kind == "redis" else f"file://{tmp_path}"
     from airflow_provider_crm.common.ratelimit import build_limiter
 
     build_limiter("pipefy", "blocked-token", store=store).after_response(429, {})
