@@ -1,44 +1,51 @@
 """The ceiling a scenario can reach, computed from the limits rather than guessed.
 
-ceiling (records/s) = min(requests/s the limits allow, usable concurrency / latency) x records per call
+For N requests of R records each, against a sliding-window limit of L requests per W seconds, with C
+requests in flight at a time and a latency of T seconds per request:
+
+- the limit alone needs (ceil(N / L) - 1) x W seconds (the first window's worth goes at once);
+- latency and concurrency alone need N x T / C seconds;
+- the ceiling is N x R records over the larger of the two.
+
+For long jobs this is min(L / W, C / T) x R, the formula in the issue; for jobs shorter than a window
+it credits the burst the window allows.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+PIPEDRIVE_BURST = {"lite": (20, 80), "growth": (40, 160), "premium": (100, 400), "ultimate": (120, 480)}
+PIPEDRIVE_SEARCH_PER_2S = 10
+PIPEFY_PER_30S = 500
 
 
 @dataclass(frozen=True)
 class Ceiling:
-    limit_rps: float  # requests per second the binding rate limit allows
-    concurrency: int  # requests the client can have in flight at once
-    latency_s: float  # seconds per request (sandbox latency + a measured per-call overhead)
-    records_per_call: float
+    requests: int
+    records_per_request: float
+    limit: int  # requests per window
+    window_s: float
+    concurrency: int
+    latency_s: float
 
     @property
-    def latency_rps(self) -> float:
-        return self.concurrency / self.latency_s if self.latency_s > 0 else float("inf")
+    def limit_seconds(self) -> float:
+        return max(0, math.ceil(self.requests / self.limit) - 1) * self.window_s
 
     @property
-    def requests_per_second(self) -> float:
-        return min(self.limit_rps, self.latency_rps)
+    def latency_seconds(self) -> float:
+        return self.requests * self.latency_s / self.concurrency
+
+    @property
+    def seconds(self) -> float:
+        return max(self.limit_seconds, self.latency_seconds)
 
     @property
     def records_per_second(self) -> float:
-        return self.requests_per_second * self.records_per_call
+        return self.requests * self.records_per_request / self.seconds if self.seconds else float("inf")
 
     @property
     def binding(self) -> str:
-        return "rate limit" if self.limit_rps <= self.latency_rps else "latency x concurrency"
-
-
-PIPEDRIVE_BURST = {"lite": (20, 80), "growth": (40, 160), "premium": (100, 400), "ultimate": (120, 480)}
-
-
-def pipedrive_rps(plan: str, auth: str = "token", safety: float = 1.0) -> float:
-    token, oauth = PIPEDRIVE_BURST[plan]
-    return (token if auth == "token" else oauth) * safety / 2.0
-
-
-def pipefy_rps(requests_per_30s: int = 500, safety: float = 1.0) -> float:
-    return requests_per_30s * safety / 30.0
+        return "rate limit" if self.limit_seconds >= self.latency_seconds else "latency x concurrency"

@@ -59,13 +59,19 @@ class ExportWriter:
         self.stream = stream
         self.fmt = fmt
         self.count = 0
+        # object-store streams are proxies: one write per ~256 KB instead of one per record
+        self._pending: list[str] = []
+        self._pending_size = 0
         self._fieldnames = list(fieldnames) if fieldnames else None
         self._csv: csv.DictWriter | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record, default=_json_default, ensure_ascii=False))
-            self.stream.write("\n")
+            line = json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
+            self._pending.append(line)
+            self._pending_size += len(line)
+            if self._pending_size > 262_144:
+                self.flush()
         else:
             if self._csv is None:
                 # Without declared columns, the first record fixes them; later unknown keys are an
@@ -80,6 +86,12 @@ class ExportWriter:
                     "pass fieldnames= or export JSON Lines"
                 ) from err
         self.count += 1
+
+    def flush(self) -> None:
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
 
     def write_many(self, records: Iterator[dict[str, Any]]) -> int:
         for record in records:
@@ -107,6 +119,7 @@ def open_export_writer(
         writer = ExportWriter(stream, fmt, fieldnames)
         try:
             yield writer
+            writer.flush()
             stream.flush()
         except BaseException:
             stream.flush()

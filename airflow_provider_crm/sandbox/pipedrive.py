@@ -79,6 +79,7 @@ class PipedriveData:
         self.threads: list[dict[str, Any]] = []
         self.messages: dict[int, list[dict[str, Any]]] = {}
         self.deal_limit: int | None = None
+        self.version = 0  # bumped by every write; list results are cached per (query, version)
         self.fields = self._field_definitions(cfg.seed)
         self._seed()
 
@@ -211,6 +212,7 @@ class PipedriveService:
         self.daily: dict[tuple[str, str], float] = {}
         self.access_tokens: dict[str, float] = {}
         self.refresh_tokens = {DEFAULT_PIPEDRIVE_REFRESH_TOKEN}
+        self._list_cache: dict[tuple, list[dict[str, Any]]] = {}
         costs = json.loads(resources.files("airflow_provider_crm.common").joinpath("pipedrive_costs.json").read_text())
         self.costs = {v: [(m, p, c) for m, p, c in rows] for v, rows in costs.items()}
 
@@ -345,6 +347,8 @@ class PipedriveService:
                 self.state.counters.count_429("pipedrive")
                 refusal.headers.update(headers)
                 return refusal
+            if method != "GET":
+                self.data.version += 1
             response = self._dispatch(method, version, path, dict(request.query_params), body)
         response.headers.update(headers)
         return response
@@ -421,6 +425,22 @@ class PipedriveService:
                                                                 **({"next_start": start + limit} if more else {})}}})
 
     def _list(self, entity: str, version: str, query: dict[str, str], archived: bool) -> JSONResponse:
+        # paging through a large list must not re-filter it for every page
+        key = (entity, version, archived, self.data.version, int(self.state.clock.now()) // 86400,
+               tuple(sorted((k, v) for k, v in query.items() if k not in ("cursor", "start", "limit"))))
+        cached = self._list_cache.get(key)
+        if cached is not None:
+            return self._page(cached, entity, version, query)
+        response = self._filtered(entity, version, query, archived)
+        if isinstance(response, JSONResponse):
+            return response
+        if len(self._list_cache) > 32:
+            self._list_cache.clear()
+        self._list_cache[key] = response
+        return self._page(response, entity, version, query)
+
+    def _filtered(self, entity: str, version: str, query: dict[str, str], archived: bool
+                  ) -> list[dict[str, Any]] | JSONResponse:
         records = list(self.data.records[entity].values())
         if entity in ("pipelines", "stages") and ("updated_since" in query or "updated_until" in query):
             return error(400, "Parameter 'updated_since' is not allowed for this endpoint")
@@ -462,9 +482,9 @@ class PipedriveService:
             reverse = query.get("sort_direction", "asc") == "desc"
         if sort_by not in ("id", "update_time", "add_time"):
             return error(400, f"Invalid sort_by {sort_by!r}")
-        key = (lambda r: r["id"]) if sort_by == "id" else (lambda r: (int(r[sort_by]), str(r["id"])))
-        records.sort(key=key, reverse=reverse)
-        return self._page(records, entity, version, query)
+        order = (lambda r: r["id"]) if sort_by == "id" else (lambda r: (int(r[sort_by]), str(r["id"])))
+        records.sort(key=order, reverse=reverse)
+        return records
 
     def _validate(self, entity: str, body: dict[str, Any]) -> JSONResponse | None:
         defs = self.data.custom_defs(entity)

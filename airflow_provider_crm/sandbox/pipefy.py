@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
-from graphql import GraphQLError, build_schema, graphql_sync, parse, validate
+from graphql import GraphQLError, build_schema, execute_sync, parse, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -93,6 +93,7 @@ class PipefyData:
         self.records: dict[str, dict[str, Any]] = {}
         self.comments: list[dict[str, Any]] = []
         self.next_id = 100_000
+        self.version = 0  # bumped by every mutation
         self._seed()
 
     def new_id(self) -> str:
@@ -203,12 +204,28 @@ class PipefyData:
 
     # -- fields ----------------------------------------------------------------------------------
     def pipe_fields(self, pipe_id: str) -> dict[str, dict[str, Any]]:
+        # phases' fields never change after seeding: computed once per pipe
+        cache = self.__dict__.setdefault("_fields_cache", {})
+        if pipe_id in cache:
+            return cache[pipe_id]
         out: dict[str, dict[str, Any]] = {}
         pipe = self.pipes[pipe_id]
         for phase_id in [pipe["startFormPhaseId"], *pipe["phase_ids"]]:
             for field in self.phases[phase_id]["fields"]:
                 out[field["id"]] = field
+        cache[pipe_id] = out
         return out
+
+    def cards_in_phase(self, phase_id: str) -> list[dict[str, Any]]:
+        """Cards of a phase, indexed once per data version (pages of a big phase stay cheap)."""
+        version = (len(self.cards), self.version)
+        if self.__dict__.get("_phase_index_version") != version:
+            index: dict[str, list[dict[str, Any]]] = {}
+            for card in self.cards.values():
+                index.setdefault(card["phase_id"], []).append(card)
+            self.__dict__["_phase_index"] = index
+            self.__dict__["_phase_index_version"] = version
+        return self.__dict__["_phase_index"].get(phase_id, [])
 
     def coerce(self, field: dict[str, Any], value: Any) -> Any:
         """Parse a written value by field type; reject what does not fit, naming field and value."""
@@ -287,7 +304,7 @@ class PipefyData:
     # -- views -----------------------------------------------------------------------------------
     def phase_view(self, phase_id: str, depth: int = 0) -> dict[str, Any]:
         phase = self.phases[phase_id]
-        count = sum(1 for c in self.cards.values() if c["phase_id"] == phase_id)
+        count = len(self.cards_in_phase(phase_id))
         view = {"id": phase_id, "name": phase["name"], "done": phase["done"], "cards_count": count,
                 "fields": phase["fields"], "_phase_id": phase_id}
         view["cards_can_be_moved_to_phases"] = (
@@ -499,7 +516,10 @@ class PipefyService:
                 return {"errors": [e.formatted for e in errors]}
             if len(self._documents) < 500:
                 self._documents[query] = document
-        result = graphql_sync(SCHEMA, query, root_value=Root(self, token), variable_values=body.get("variables"),
+        if "mutation" in query:
+            self.data.version += 1
+        # the document was parsed and validated once (cached): execute it directly
+        result = execute_sync(SCHEMA, document, root_value=Root(self, token), variable_values=body.get("variables"),
                               operation_name=body.get("operationName"))
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
@@ -550,7 +570,7 @@ class Root:
 
     def _phase_cards_resolver(self, phase_id: str) -> Any:
         def resolve(info: Any, first: int | None = None, after: str | None = None) -> dict[str, Any]:
-            cards = [c for c in self.d.cards.values() if c["phase_id"] == phase_id]
+            cards = self.d.cards_in_phase(phase_id)
             return connection(cards, first, after, self.d.card_view)
 
         return resolve

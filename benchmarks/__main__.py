@@ -1,0 +1,179 @@
+"""``make bench``: each scenario against a fresh sandbox with realistic latency, one table at the end.
+
+    python -m benchmarks [--latency-ms 100] [--full-size] [--only NAME ...] [--write docs/performance.md]
+
+Throughput is reported against a computed ceiling (benchmarks/ceiling.py); 429s come from the
+sandbox's counters; peak RSS is the client process's own. No number here is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.ceiling import PIPEDRIVE_BURST, PIPEDRIVE_SEARCH_PER_2S, PIPEFY_PER_30S, Ceiling
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Scenario:
+    name: str
+    client: str
+    sandbox_args: list[str]
+    client_args: dict[str, Any]
+    ceiling: Any  # callable(result, latency) -> Ceiling
+    processes: int = 1
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def start_sandbox(args: list[str], latency_ms: float) -> tuple[subprocess.Popen, dict[str, Any]]:
+    info_file = Path(tempfile.mkdtemp(prefix="crm-bench-sbx-")) / "info.json"
+    proc = subprocess.Popen([str(BIN / "crm-sandbox"), "--port", "0", "--info-file", str(info_file),
+                             "--latency-ms", str(latency_ms), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not info_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("crm-sandbox did not start")
+        time.sleep(0.1)
+    return proc, json.loads(info_file.read_text())
+
+
+def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
+    sandbox, info = start_sandbox(s.sandbox_args, latency_ms)
+    try:
+        base = {"pipefy_url": info["pipefy_url"], "pipefy_token": next(iter(info["pipefy_tokens"])),
+                "pipedrive_url": info["pipedrive_url"], "pipedrive_token": next(iter(info["pipedrive_tokens"])),
+                **s.client_args}
+        store_dir = tempfile.mkdtemp(prefix="crm-bench-store-")
+        if s.processes > 1:
+            base["store"] = f"file://{store_dir}"
+            base["start_at"] = time.time() + 8  # let every process import Airflow before the clock starts
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.scenarios", s.client,
+                                   json.dumps({**base, "path": str(Path(store_dir) / f"out{i}.jsonl")})],
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for i in range(s.processes)]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=3600)
+            if proc.returncode != 0:
+                raise SystemExit(f"scenario {s.name} failed (exit {proc.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        with urllib.request.urlopen(info["control_url"] + "/counters") as resp:
+            counters = json.load(resp)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+    records = sum(r["records"] for r in results)
+    seconds = max(r["seconds"] for r in results)
+    if s.processes > 1:
+        seconds = max(r["seconds"] for r in results)  # all start together: the slowest ends the job
+    requests = sum(r["requests"] for r in results)
+    ceiling: Ceiling = s.ceiling(requests, records, latency_ms / 1000)
+    return {
+        "scenario": s.name,
+        "records": records,
+        "seconds": seconds,
+        "records_per_s": records / seconds,
+        "ceiling_per_s": ceiling.records_per_second,
+        "ratio": records / seconds / ceiling.records_per_second,
+        "binding": ceiling.binding,
+        "requests": requests,
+        "waits": sum(r["waits"] for r in results),
+        "http_429": sum(counters["rate_limited"].values()),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+    }
+
+
+def scenarios(full_size: bool) -> list[Scenario]:
+    def pd_export(plan: str, concurrency: int) -> Any:
+        limit = PIPEDRIVE_BURST[plan][0]
+        return lambda n, recs, lat: Ceiling(n, recs / max(n, 1), limit, 2.0, concurrency, lat)
+
+    def pf(concurrency: int) -> Any:
+        return lambda n, recs, lat: Ceiling(n, recs / max(n, 1), PIPEFY_PER_30S, 30.0, concurrency, lat)
+
+    def pd_upsert(n: int, recs: int, lat: float) -> Ceiling:
+        # per new row: one search (10 per 2 s) and one create; the search window binds
+        searches = recs
+        return Ceiling(searches, 1.0, PIPEDRIVE_SEARCH_PER_2S, 2.0, 1, 2 * lat)
+
+    pf_upsert_rows = 2000 if full_size else 300
+    pd_upsert_rows = 5000 if full_size else 300
+    phases = [str(3021 + i) for i in range(6)]
+    return [
+        Scenario("pipedrive export 20,000 deals (Ultimate, 4 slices)", "pipedrive_export",
+                 ["--deals", "20000", "--pipedrive-token", "bench=ultimate"],
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4)),
+        Scenario("pipedrive export 200,000 deals (Ultimate, 4 slices)", "pipedrive_export",
+                 ["--deals", "200000", "--pipedrive-token", "bench=ultimate"],
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4)),
+        Scenario("pipedrive export 200,000 deals (Lite, 4 slices)", "pipedrive_export",
+                 ["--deals", "200000", "--pipedrive-token", "bench=lite"],
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "lite"}, pd_export("lite", 4)),
+        Scenario("pipefy export 20,000 cards over 6 phases", "pipefy_export",
+                 ["--cards-per-phase", "3334"], {"pipe_id": "302", "phases": phases}, pf(6)),
+        Scenario(f"pipefy upsert {pf_upsert_rows} rows", "pipefy_upsert", ["--cards-per-phase", "5"],
+                 {"rows": pf_upsert_rows},
+                 lambda n, recs, lat: Ceiling(n, recs / max(n, 1), PIPEFY_PER_30S, 30.0, 1, lat)),
+        Scenario(f"pipedrive upsert {pd_upsert_rows} persons", "pipedrive_upsert",
+                 ["--persons", "1000", "--pipedrive-token", "bench=ultimate"],
+                 {"rows": pd_upsert_rows, "pipedrive_token": "bench"}, pd_upsert),
+        Scenario("4 concurrent tasks, one Lite token, file store (4 x 50,000 deals)", "pipedrive_export",
+                 ["--deals", "50000", "--pipedrive-token", "bench=lite"],
+                 {"pipedrive_token": "bench", "slices": 1, "plan": "lite"}, pd_export("lite", 4), processes=4),
+    ]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| scenario | records | seconds | records/s | ceiling/s | achieved / ceiling | binding | requests | "
+             "waits | 429s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scenario']} | {r['records']:,} | {r['seconds']:.1f} | {r['records_per_s']:,.0f} | "
+                     f"{r['ceiling_per_s']:,.0f} | {r['ratio']:.2f} | {r['binding']} | {r['requests']:,} | "
+                     f"{r['waits']} | {r['http_429']} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--latency-ms", type=float, default=float(os.environ.get("BENCH_LATENCY_MS", 100)))
+    parser.add_argument("--full-size", action="store_true", help="upserts at the issue's sizes (slow: search-bound)")
+    parser.add_argument("--only", nargs="*", help="substring of scenario names to run")
+    parser.add_argument("--write", help="also write the table to this markdown file")
+    args = parser.parse_args()
+    rows = []
+    for s in scenarios(args.full_size):
+        if args.only and not any(o in s.name for o in args.only):
+            continue
+        print(f"running: {s.name} ...", flush=True)
+        row = run_scenario(s, args.latency_ms)
+        rows.append(row)
+        print(f"  {row['records']:,} records in {row['seconds']:.1f}s = {row['ratio']:.2f} of ceiling, "
+              f"{row['http_429']} x 429, {row['peak_rss_mb']:.0f} MB", flush=True)
+    out = table(rows)
+    print()
+    print(out)
+    if args.write:
+        header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+                  f"latency {args.latency_ms:.0f} ms per call; date {time.strftime('%Y-%m-%d')}.\n\n")
+        Path(args.write).write_text(header + out + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,101 @@
+"""Client side of each benchmark scenario, run in its own process so that its peak RSS is its own.
+
+Usage (by benchmarks/__main__.py): python -m benchmarks.scenarios NAME JSON_ARGS
+Prints one JSON line: records, seconds, requests, waits, rate_limited, peak_rss_mb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+
+def _connections(args: dict[str, Any]) -> None:
+    store = args.get("store", "memory")
+    if "pipefy_url" in args:
+        os.environ["AIRFLOW_CONN_PIPEFY_DEFAULT"] = json.dumps({
+            "conn_type": "pipefy", "host": args["pipefy_url"], "password": args["pipefy_token"],
+            "extra": {"rate_limit_store": store, "plan": "unlimited"}})
+    if "pipedrive_url" in args:
+        os.environ["AIRFLOW_CONN_PIPEDRIVE_DEFAULT"] = json.dumps({
+            "conn_type": "pipedrive", "host": args["pipedrive_url"], "password": args["pipedrive_token"],
+            "extra": {"rate_limit_store": store, "plan": args.get("plan", "ultimate"), "seats": 50}})
+
+
+def _context(start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+    class TI:
+        def xcom_push(self, key: str, value: Any) -> None:
+            pass
+
+    return {"ti": TI(), "data_interval_start": start, "data_interval_end": end, "outlet_events": None}
+
+
+def pipedrive_export(args: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
+
+    end = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+    op = PipedriveExportOperator(task_id="bench", entity="deals", path=args["path"], slices=args.get("slices", 1))
+    summary = op.execute(_context(end - timedelta(days=800), end))
+    return {"records": summary["records"], **summary["rate_limit"]}
+
+
+def pipefy_export(args: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_crm.operators.pipefy import PipefyExportCardsOperator
+
+    op = PipefyExportCardsOperator(task_id="bench", pipe_id=args["pipe_id"], path=args["path"], phases=args["phases"],
+                                   full=True, max_workers=len(args["phases"]))
+    summary = op.execute(_context())
+    return {"records": summary["records"], **summary["rate_limit"]}
+
+
+def pipefy_upsert(args: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_crm.operators.pipefy import PipefyUpsertCardsOperator
+
+    rows = [{"Requester": f"bench{i}@example.com", "Priority": "High", "Hours": str(i % 9)}
+            for i in range(args["rows"])]
+    op = PipefyUpsertCardsOperator(task_id="bench", pipe_id="302", rows=rows, key_field="Requester")
+    summary = op.execute(_context())
+    return {"records": summary["total"], **summary["rate_limit"]}
+
+
+def pipedrive_upsert(args: dict[str, Any]) -> dict[str, Any]:
+    from airflow_provider_crm.operators.pipedrive import PipedriveUpsertOperator
+
+    rows = [{"email": f"bench{i}@example.com", "name": f"Bench {i}"} for i in range(args["rows"])]
+    op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email")
+    summary = op.execute(_context())
+    return {"records": summary["total"], **summary["rate_limit"]}
+
+
+SCENARIOS = {
+    "pipedrive_export": pipedrive_export,
+    "pipefy_export": pipefy_export,
+    "pipefy_upsert": pipefy_upsert,
+    "pipedrive_upsert": pipedrive_upsert,
+}
+
+
+def main() -> None:
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    args.setdefault("path", os.path.join(tempfile.mkdtemp(prefix="crm-bench-"), "out.jsonl"))
+    _connections(args)
+    # imports happen before the clock starts: the bench measures the export, not Airflow's import time
+    import airflow_provider_crm.operators.pipedrive  # noqa: F401
+    import airflow_provider_crm.operators.pipefy  # noqa: F401
+    if args.get("start_at"):
+        time.sleep(max(0.0, args["start_at"] - time.time()))
+    started = time.monotonic()
+    result = SCENARIOS[name](args)
+    result["seconds"] = time.monotonic() - started
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
