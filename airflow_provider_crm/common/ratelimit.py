@@ -568,9 +568,10 @@ class RateLimiter:
             self.block(seconds, f"HTTP 429 from {self.service}")
             return
         remaining = _number(lower.get("x-ratelimit-remaining"))
-        if remaining is not None and remaining <= 0 and reset:
-            # x-ratelimit-reset is relative seconds, not an epoch
-            self.block(min(reset, 60.0), "x-ratelimit-remaining is 0")
+        if remaining is not None and remaining <= 1 and reset:
+            # the server's own window is nearly spent (requests of other clients, or ours arriving in a
+            # bunch): pause everyone until it resets. x-ratelimit-reset is relative seconds, not an epoch.
+            self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
         for header, name in (("x-daily-ratelimit-token-remaining", "daily token budget"),
                              ("x-daily-requests-left", "daily POST/PUT allowance")):
             left = _number(lower.get(header))
