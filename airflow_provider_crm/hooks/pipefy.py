@@ -152,6 +152,20 @@ mutation CreateTableRecord($input: CreateTableRecordInput!) {
   createTableRecord(input: $input) { table_record { id title } }
 }"""
 )
+UPDATE_TABLE_RECORD = parse(
+    """
+mutation UpdateTableRecord($input: UpdateTableRecordInput!) { updateTableRecord(input: $input) { table_record { id } } }"""
+)
+SET_TABLE_RECORD_FIELD = parse(
+    """
+mutation SetTableRecordFieldValue($input: SetTableRecordFieldValueInput!) {
+  setTableRecordFieldValue(input: $input) { table_record { id } }
+}"""
+)
+CREATE_PRESIGNED_URL = parse(
+    """
+mutation CreatePresignedUrl($input: CreatePresignedUrlInput!) { createPresignedUrl(input: $input) { url downloadUrl } }"""
+)
 DELETE_TABLE_RECORD = parse(
     "mutation DeleteTableRecord($input: DeleteTableRecordInput!) { deleteTableRecord(input: $input) { success } }"
 )
@@ -652,6 +666,45 @@ class PipefyHook(BaseHook):
             record_input["title"] = title
         data = self._post_once(CREATE_TABLE_RECORD, {"input": record_input}, "write")
         return data["createTableRecord"]["table_record"]
+
+    def update_table_record(self, record_id: str | int, *, table_id: str | int | None = None,
+                            fields: dict[str, Any] | None = None, **attributes: Any) -> dict[str, Any]:
+        """Update a record's attributes (updateTableRecord) and fields (setTableRecordFieldValue each)."""
+        if attributes:
+            self.execute(UPDATE_TABLE_RECORD, {"input": {"id": str(record_id), **attributes}}, write=True,
+                         description=f"updateTableRecord {record_id}")
+        if fields:
+            if table_id is None:
+                raise CrmInputError(f"record {record_id}: pass table_id to update fields by label")
+            meta = self.get_table(table_id)["table_fields"]
+            for key, value in fields.items():
+                field = self.resolve_field(meta, key, f"table {table_id}")
+                self.set_table_record_field_value(record_id, field["id"], to_pipefy_value(field, value))
+        return {"id": str(record_id)}
+
+    def set_table_record_field_value(self, record_id: str | int, field_id: str, value: Any) -> None:
+        self.execute(SET_TABLE_RECORD_FIELD,
+                     {"input": {"table_record_id": str(record_id), "field_id": field_id, "value": value}},
+                     write=True, description=f"setTableRecordFieldValue {record_id}")
+
+    def upload_attachment(self, organization_id: str, file_name: str, content: bytes,
+                          content_type: str = "application/octet-stream") -> str:
+        """Upload bytes through a presigned URL; returns the storage path to put in an attachment field."""
+        data = self.execute(CREATE_PRESIGNED_URL, {"input": {
+            "organizationId": organization_id, "fileName": file_name, "contentType": content_type,
+            "contentLength": len(content)}}, write=True, description=f"presigned URL for {file_name}")
+        url = data["createPresignedUrl"]["url"]
+        try:
+            resp = requests.put(url, data=content, headers={"Content-Type": content_type}, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise CrmTransientApiError(f"upload of {file_name} failed ({type(err).__name__})",
+                                       service="pipefy") from None
+        if resp.status_code >= 400:
+            raise CrmTransientApiError(f"upload of {file_name} refused (HTTP {resp.status_code})", service="pipefy",
+                                       status=resp.status_code)
+        # the field value is the storage path "orgs/<uuid>/uploads/<uuid>/<name>"
+        path = url.split("?", 1)[0]
+        return path[path.index("orgs/"):] if "orgs/" in path else path
 
     def delete_table_record(self, record_id: str | int) -> bool:
         data = self.execute(DELETE_TABLE_RECORD, {"input": {"id": str(record_id)}}, write=True,

@@ -187,6 +187,32 @@ class PipefyCreateTableRecordOperator(_PipefyOperator):
         return self.summary(id=str(record["id"]), table_id=str(self.table_id))
 
 
+class PipefyUpdateTableRecordOperator(_PipefyOperator):
+    """Update a database-table record: title and field values by id or label.
+
+    :param table_id: the table (to resolve field labels).
+    :param record_id: the record.
+    :param fields: values by field id or label.
+    :param title: new title.
+    :param pipefy_conn_id: the Pipefy connection.
+    """
+
+    template_fields: Sequence[str] = ("table_id", "record_id", "fields", "title")
+
+    def __init__(self, *, table_id: str | int, record_id: str | int, fields: dict[str, Any] | None = None,
+                 title: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.table_id = table_id
+        self.record_id = record_id
+        self.fields = fields or {}
+        self.title = title
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        attributes = {"title": self.title} if self.title is not None else {}
+        self.hook.update_table_record(self.record_id, table_id=self.table_id, fields=self.fields, **attributes)
+        return self.summary(id=str(self.record_id), table_id=str(self.table_id), updated_fields=sorted(self.fields))
+
+
 class PipefyUpsertCardsOperator(_PipefyOperator):
     """Create or update cards from rows, keyed by a field; failed rows go to a rejects file.
 

@@ -59,7 +59,7 @@ class LatencyAndFaults:
                 return None
 
             await self.app(scope, receive, swallow)
-            await _error(fault.status or 502, service)(scope, receive, send)
+            await _error(502, service)(scope, receive, send)
         elif fault.mode == "429":
             self.state.counters.count_429(service)
             await _error(429, service)(scope, receive, send)

@@ -151,7 +151,7 @@ class PipedriveData:
                 "stage_id": stage_ids[n % len(stage_ids)], "pipeline_id": pipeline["id"], "owner_id": 1,
                 "person_id": 1 + n % max(1, cfg.pipedrive_persons), "org_id": 1 + n % max(1, cfg.pipedrive_organizations),
                 "is_deleted": False, "is_archived": n % 50 == 0,
-                "won_time": _rfc3339(updated) if status == "won" else None,
+                **({"won_time": _rfc3339(updated)} if status == "won" else {}),
                 "custom_fields": {
                     self._key("deals", "Onboarding plan"): 1 + n % 3,
                     self._key("deals", "Contract value"): {"value": float(n * 10), "currency": "USD"},
@@ -541,7 +541,9 @@ class PipedriveService:
             record = self.data.insert(entity, {"is_deleted": False, **body}, now)
             if entity == "deals":
                 record.setdefault("status", "open")
-        return JSONResponse({"success": True, "data": self.data.view(entity, record)}, status_code=201)
+        # the published specs answer 201 for a new lead and 200 for everything else
+        return JSONResponse({"success": True, "data": self.data.view(entity, record)},
+                            status_code=201 if entity == "leads" else 200)
 
     def _update(self, entity: str, version: str, record: dict[str, Any], body: Any) -> JSONResponse:
         if not isinstance(body, dict):

@@ -406,13 +406,30 @@ class PipefyService:
         self.issued: dict[str, tuple[str, float]] = {}  # service-account access token -> (plan, expires)
         self.token_lifetime = 3600.0
         self._documents: dict[str, Any] = {}
+        self.uploads: dict[str, bytes | None] = {}
+        self.base_url = ""
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/graphql", self.graphql, methods=["POST"]),
             Route("/oauth/token", self.oauth_token, methods=["POST"]),
             Route("/_state", self.full_state, methods=["GET"]),
+            Route("/_uploads/{key:path}", self.upload, methods=["PUT", "GET"]),
         ]
+
+    async def upload(self, request: Request) -> Response:
+        """The presigned URL: PUT stores the bytes (512 MB at most), GET returns them."""
+        key = request.path_params["key"]
+        if key not in self.uploads:
+            return Response("NoSuchKey", status_code=404)
+        if request.method == "PUT":
+            body = await request.body()
+            if len(body) > 512 * 1024 * 1024:
+                return Response("EntityTooLarge", status_code=400)
+            self.uploads[key] = body
+            return Response(status_code=200)
+        data = self.uploads[key]
+        return Response(data or b"", status_code=200 if data is not None else 404)
 
     def snapshot(self) -> dict[str, Any]:
         d = self.data
@@ -476,6 +493,7 @@ class PipefyService:
         except ValueError:
             return JSONResponse({"errors": [{"message": "Invalid JSON body"}]}, status_code=400)
         cfg, now, key = self.state.config, self.state.clock.now(), token_key(token)
+        self.base_url = str(request.base_url).rstrip("/")
         with self.state.lock:
             self.state.counters.count_request("pipefy", body.get("operationName") or "graphql", token)
             if self.blocked_until.get(key, 0) > now:
@@ -790,6 +808,35 @@ class Root:
                   "created_at": self.now, "updated_at": self.now, "values": values}
         self.d.records[rid] = record
         return {"table_record": self.d.record_view(record)}
+
+    def _record(self, record_id: str) -> dict[str, Any]:
+        record = self.d.records.get(str(record_id))
+        if record is None:
+            raise PipefyFault(f"Record not found with id: {record_id}", "RECORD_NOT_FOUND")
+        return record
+
+    def updateTableRecord(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
+        record = self._record(input["id"])
+        if input.get("title") is not None:
+            record["title"] = input["title"]
+        record["updated_at"] = self.now
+        return {"table_record": self.d.record_view(record)}
+
+    def setTableRecordFieldValue(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
+        record = self._record(input["table_record_id"])
+        fields = {f["id"]: f for f in self.d.tables[record["table_id"]]["table_fields"]}
+        field = fields.get(str(input["field_id"]))
+        if field is None:
+            raise PipefyFault(f"Field not found with id: {input['field_id']}", "RESOURCE_NOT_FOUND")
+        record["values"][field["id"]] = self.d.coerce(field, input.get("value"))
+        record["updated_at"] = self.now
+        return {"table_record": self.d.record_view(record)}
+
+    def createPresignedUrl(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
+        key = f"orgs/{input['organizationId']}/uploads/{uuid.uuid4()}/{input['fileName']}"
+        self.s.uploads[key] = None
+        base = self.s.base_url
+        return {"url": f"{base}/pipefy/_uploads/{key}", "downloadUrl": f"{base}/pipefy/_uploads/{key}"}
 
     def deleteTableRecord(self, info: Any, input: dict[str, Any]) -> dict[str, Any]:
         if str(input["id"]) not in self.d.records:
