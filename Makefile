@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 AIRFLOW_VERSION ?= 3.3.2
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: venv lint test unit integration e2e demo bench sandbox clean
 
@@ -39,7 +40,7 @@ demo: venv
 	$(PY) scripts/demo.py
 
 bench: venv
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 sandbox: venv
 	$(VENV)/bin/crm-sandbox --port 8765
