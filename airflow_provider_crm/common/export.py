@@ -11,8 +11,11 @@ import csv
 import io
 import json
 import logging
+import queue
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -129,3 +132,48 @@ def open_export_writer(
         stream.detach()
     tmp.replace(target) if target.protocol in ("", "file", "local") else tmp.move(str(target))
     log.info("Wrote %d records to %s", writer.count, target)
+
+
+def merge_parallel(sources: Sequence[Callable[[], Iterator[Any]]], max_workers: int,
+                   max_buffered: int = 1000) -> Iterator[Any]:
+    """Run each source (a phase, a time slice) in a thread and yield their items as they come.
+
+    The buffer between the fetching threads and the writer is bounded, so memory stays flat whatever
+    the record count; the first error in any source is raised here; closing the iterator stops them.
+    """
+    done = object()
+    out: queue.Queue[Any] = queue.Queue(maxsize=max_buffered)
+    stop = threading.Event()
+
+    def run(source: Callable[[], Iterator[Any]]) -> None:
+        try:
+            for item in source():
+                if stop.is_set():
+                    return
+                out.put(item)
+        except BaseException as err:
+            out.put(err)
+        finally:
+            out.put(done)
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="crm-fetch") as pool:
+        for source in sources:
+            pool.submit(run, source)
+        remaining = len(sources)
+        try:
+            while remaining:
+                item = out.get()
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            while remaining:  # let blocked producers finish so the pool can shut down
+                try:
+                    if out.get(timeout=0.1) is done:
+                        remaining -= 1
+                except queue.Empty:
+                    continue

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -14,7 +11,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
-from airflow_provider_crm.common.export import open_export_writer
+from airflow_provider_crm.common.export import merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook, entity_info
@@ -289,41 +286,8 @@ class PipedriveExportOperator(_PipedriveOperator):
                   for i in range(self.slices)]
         # whole seconds, so slice edges line up with the API's second-precision filters
         bounds = [(a.replace(microsecond=0), b.replace(microsecond=0) if b != end else b) for a, b in bounds]
-        done = object()
-        out: queue.Queue[Any] = queue.Queue(maxsize=2000)
-        stop = threading.Event()
-
-        def fetch(a: datetime, b: datetime) -> None:
-            try:
-                for record in self._slice_records(a, b):
-                    if stop.is_set():
-                        return
-                    out.put(record)
-            except BaseException as err:
-                out.put(err)
-            finally:
-                out.put(done)
-
-        with ThreadPoolExecutor(max_workers=self.slices, thread_name_prefix="pipedrive-slice") as pool:
-            for a, b in bounds:
-                if b > a:
-                    pool.submit(fetch, a, b)
-                else:
-                    out.put(done)
-            remaining = len(bounds)
-            try:
-                while remaining:
-                    item = out.get()
-                    if item is done:
-                        remaining -= 1
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        yield item
-            finally:
-                stop.set()
-                while not out.empty():
-                    out.get_nowait()
+        sources = [lambda a=a, b=b: self._slice_records(a, b) for a, b in bounds if b > a]
+        yield from merge_parallel(sources, self.slices, max_buffered=2000)
 
 
 class PipedriveMailExportOperator(_PipedriveOperator):

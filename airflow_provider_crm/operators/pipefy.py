@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -15,7 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError
-from airflow_provider_crm.common.export import open_export_writer
+from airflow_provider_crm.common.export import merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.hooks.pipefy import PAGE_SIZE, PipefyHook, card_url, flatten_card_fields, pipe_url
@@ -378,41 +375,16 @@ class PipefyExportCardsOperator(_PipefyOperator):
         if not phases:
             yield from self.hook.iter_pipe_cards(self.pipe_id, start, end)
             return
-        # phases in parallel; a bounded queue keeps memory flat whatever the record count
-        done = object()
-        out: queue.Queue[Any] = queue.Queue(maxsize=500)
-        stop = threading.Event()
-
-        def fetch(phase: dict[str, Any]) -> None:
-            try:
+        def phase_source(phase: dict[str, Any]) -> Callable[[], Iterator[dict[str, Any]]]:
+            def fetch() -> Iterator[dict[str, Any]]:
                 for card in self.hook.iter_phase_cards(phase["id"]):
-                    if stop.is_set():
-                        return
-                    if start is not None and not _updated_within(card, start, end):
-                        continue
-                    out.put(card)
-            except BaseException as err:
-                out.put(err)
-            finally:
-                out.put(done)
+                    if start is None or _updated_within(card, start, end):
+                        yield card
 
-        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="pipefy-phase") as pool:
-            for phase in phases:
-                pool.submit(fetch, phase)
-            remaining = len(phases)
-            try:
-                while remaining:
-                    item = out.get()
-                    if item is done:
-                        remaining -= 1
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        yield item
-            finally:
-                stop.set()
-                while not out.empty():
-                    out.get_nowait()
+            return fetch
+
+        # phases in parallel within the shared rate limit; memory stays flat (bounded buffer)
+        yield from merge_parallel([phase_source(p) for p in phases], self.max_workers, max_buffered=500)
 
     def _columns(self, pipe: dict[str, Any]) -> list[str]:
         fields = self.hook.pipe_fields(self.pipe_id)

@@ -101,3 +101,17 @@ def test_clean_rerun_removes_stale_rejects(tmp_path):
     report.record("unchanged")
     report.check_threshold(0.0)
     assert not rejects.exists()
+
+
+def test_merge_parallel_yields_everything_and_raises_the_first_error():
+    from airflow_provider_crm.common.export import merge_parallel
+
+    items = sorted(merge_parallel([lambda: iter(range(0, 500)), lambda: iter(range(500, 1000))], 2, max_buffered=10))
+    assert items == list(range(1000))
+
+    def broken():
+        yield 1
+        raise RuntimeError("slice 2 failed")
+
+    with pytest.raises(RuntimeError, match="slice 2 failed"):
+        list(merge_parallel([lambda: iter(range(10_000)), broken], 2, max_buffered=5))
