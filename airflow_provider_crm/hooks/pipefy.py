@@ -146,6 +146,15 @@ query TableRecords($id: ID!, $first: Int, $after: String) {
   }
 }"""
 )
+FIND_RECORDS = parse(
+    """
+query FindRecords($tableId: ID!, $search: FindRecords!, $first: Int, $after: String) {
+  findRecords(tableId: $tableId, search: $search, first: $first, after: $after) {
+    pageInfo { hasNextPage endCursor }
+    edges { node { id title created_at updated_at record_fields { name value array_value field { id label type } } } }
+  }
+}"""
+)
 CREATE_TABLE_RECORD = parse(
     """
 mutation CreateTableRecord($input: CreateTableRecordInput!) {
@@ -656,6 +665,11 @@ class PipefyHook(BaseHook):
 
     def iter_table_records(self, table_id: str | int) -> Iterator[dict[str, Any]]:
         yield from self.paginate(TABLE_RECORDS, {"id": str(table_id)}, ["table_records"])
+
+    def find_table_records(self, table_id: str | int, field_id: str, value: Any) -> list[dict[str, Any]]:
+        """Records whose field equals ``value`` exactly (findRecords)."""
+        search = {"fieldId": field_id, "fieldValue": str(value)}
+        return list(self.paginate(FIND_RECORDS, {"tableId": str(table_id), "search": search}, ["findRecords"]))
 
     def create_table_record(self, table_id: str | int, title: str | None = None,
                             fields: dict[str, Any] | None = None) -> dict[str, Any]:

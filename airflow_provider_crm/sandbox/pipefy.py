@@ -661,6 +661,16 @@ class Root:
         records = [r for r in self.d.records.values() if r["table_id"] == str(table_id)]
         return connection(records, first, after, self.d.record_view)
 
+    def findRecords(self, info: Any, tableId: str, search: dict[str, Any], first: int | None = None,
+                    after: str | None = None) -> dict[str, Any]:
+        table = self.table(info, tableId)
+        if search["fieldId"] not in {f["id"] for f in table["table_fields"]}:
+            raise PipefyFault(f"Field not found with id: {search['fieldId']}", "RESOURCE_NOT_FOUND")
+        records = [r for r in self.d.records.values() if r["table_id"] == str(tableId)
+                   and r["values"].get(search["fieldId"]) is not None
+                   and str(r["values"][search["fieldId"]]) == search["fieldValue"]]
+        return connection(records, first, after, self.d.record_view)
+
     def table_record(self, info: Any, id: str) -> dict[str, Any]:
         record = self.d.records.get(str(id))
         if record is None:
