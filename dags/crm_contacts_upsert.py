@@ -32,6 +32,6 @@ with DAG(
         entity="persons",
         rows=CONTACTS,
         key_field="email",
-        rejects_path=OUTPUT + "/rejects/contacts-{{ ds }}.jsonl",
+        rejects_path=OUTPUT + "/rejects/contacts-{{ dag_run.run_after | ds }}.jsonl",
         max_failure_ratio=0.5,
     )

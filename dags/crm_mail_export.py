@@ -23,6 +23,6 @@ with DAG(
         PipedriveMailExportOperator(
             task_id=f"export_{folder}",
             folder=folder,
-            path=OUTPUT + f"/pipedrive/mail/{folder}-{{{{ ds }}}}.jsonl",
+            path=OUTPUT + f"/pipedrive/mail/{folder}-{{{{ dag_run.run_after | ds }}}}.jsonl",
             outlets=[Asset(f"crm://pipedrive/mail/{folder}")],
         )

@@ -28,14 +28,14 @@ with DAG(
     PipefyExportCardsOperator(
         task_id="export_onboarding_pipe",
         pipe_id="301",
-        path=OUTPUT + "/pipefy/onboarding/{{ ds }}.jsonl",
+        path=OUTPUT + "/pipefy/onboarding/{{ dag_run.run_after | ds }}.jsonl",
         outlets=[Asset("crm://pipefy/pipes/301")],
     )
     for entity in ("deals", "persons", "organizations"):
         PipedriveExportOperator(
             task_id=f"export_{entity}",
             entity=entity,
-            path=OUTPUT + f"/pipedrive/{entity}/{{{{ ds }}}}.jsonl",
+            path=OUTPUT + f"/pipedrive/{entity}/{{{{ dag_run.run_after | ds }}}}.jsonl",
             include_deleted=entity == "deals",
             slices=2,
             outlets=[Asset(f"crm://pipedrive/{entity}")],

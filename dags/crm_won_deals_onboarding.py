@@ -64,7 +64,7 @@ with DAG(
         pipe_id=ONBOARDING_PIPE_ID,
         rows=won_deals(),
         key_field="Pipedrive deal id",
-        rejects_path=OUTPUT + "/rejects/onboarding-{{ ds }}.jsonl",
+        rejects_path=OUTPUT + "/rejects/onboarding-{{ dag_run.run_after | ds }}.jsonl",
     )
 
     @task

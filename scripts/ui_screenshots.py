@@ -1,7 +1,7 @@
 """Screenshots of the provider in Airflow's UI, taken with headless Chromium (Debian's chromium and
 chromium-driver, plus `pip install selenium`).
 
-Usage: python scripts/ui_screenshots.py http://127.0.0.1:8080 docs/screenshots
+Usage: python scripts/ui_screenshots.py http://127.0.0.1:8080 docs/screenshots [DAG_ID RUN_ID TASK_ID]
 Expects connections ``pipefy_sandbox`` and ``pipedrive_sandbox`` (port 0, see docs/connections.md)
 in an Airflow started with AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True and
 AIRFLOW__CORE__TEST_CONNECTION=Enabled.
@@ -34,13 +34,29 @@ def row_button(driver: webdriver.Chrome, conn_id: str, label: str) -> None:
     row.find_element(By.XPATH, f".//button[@aria-label='{label}']").click()
 
 
-def main(base: str, out: Path) -> None:
+def task_instance(driver: webdriver.Chrome, base: str, out: Path, dag_id: str, run_id: str, task_id: str) -> list[str]:
+    """Screenshot a task instance page; return the extra links it shows."""
+    driver.set_window_size(1300, 900)
+    driver.get(f"{base}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}")
+    time.sleep(6)
+    for tab in driver.find_elements(By.XPATH, "//*[text()='Details']")[:1]:  # extra links live on this tab
+        tab.click()
+        time.sleep(3)
+    driver.save_screenshot(str(out / "task-instance-extra-link.png"))
+    links = driver.find_elements(By.XPATH, "//a[contains(@href, 'pipefy.com') or contains(@href, 'pipedrive.com')]")
+    return [f"{a.text} -> {a.get_attribute('href')}" for a in links]
+
+
+def main(base: str, out: Path, task: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     driver = browser()
     try:
         for conn_id, name in (("pipefy_sandbox", "pipefy"), ("pipedrive_sandbox", "pipedrive")):
             driver.get(f"{base}/connections")
             time.sleep(4)
+            if not driver.find_elements(By.XPATH, f"//*[text()='{conn_id}']"):
+                print(f"no connection {conn_id}: skipping its screenshots")
+                continue
             row_button(driver, conn_id, "Edit Connection")
             time.sleep(3)
             for toggle in driver.find_elements(By.XPATH, "//button[contains(., 'Extra Fields')]")[:1]:
@@ -52,9 +68,11 @@ def main(base: str, out: Path) -> None:
             row_button(driver, conn_id, "Test Connection")
             time.sleep(4)
             driver.save_screenshot(str(out / f"{name}-connection-test.png"))
+        if task:
+            print("\n".join(task_instance(driver, base, out, *task)) or "no extra links found")
     finally:
         driver.quit()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:6] or None)
