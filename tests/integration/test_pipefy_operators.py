@@ -183,3 +183,30 @@ async def test_trigger_fires_on_target_phase_without_blocking_the_loop(connectio
     await mover
     assert event.payload["status"] == "success" and event.payload["phase"] == "Doing"
     assert ticks >= 40  # the loop kept ticking while the trigger polled
+
+
+def test_table_record_operators(connections, context, sandbox):
+    from airflow_provider_crm.operators.pipefy import (
+        PipefyCreateTableRecordOperator,
+        PipefyUpdateTableRecordOperator,
+    )
+
+    created = PipefyCreateTableRecordOperator(task_id="c", table_id="401",
+                                              fields={"Company": "Op Ltd", "Tier": "Gold"}).execute(context())
+    PipefyUpdateTableRecordOperator(task_id="u", table_id="401", record_id=created["id"],
+                                    fields={"Tier": "Silver"}).execute(context())
+    record = next(r for r in state(sandbox)["records"] if r["id"] == created["id"])
+    assert {f["field"]["id"]: f["value"] for f in record["record_fields"]}["tier"] == "Silver"
+    with pytest.raises(CrmInputError, match="unknown field 'Colour'"):
+        PipefyUpdateTableRecordOperator(task_id="u", table_id="401", record_id=created["id"],
+                                        fields={"Colour": "red"}).execute(context())
+
+
+def test_export_table_records(connections, context, tmp_path):
+    from airflow_provider_crm.operators.pipefy import PipefyExportTableRecordsOperator
+
+    path = tmp_path / "records.csv"
+    summary = PipefyExportTableRecordsOperator(task_id="e", table_id="401", path=str(path), fmt="csv").execute(
+        context())
+    lines = path.read_text().splitlines()
+    assert summary["records"] == 60 and len(lines) == 61 and "Company" in lines[0]
