@@ -95,7 +95,10 @@ PHASE_CARDS = parse(
 query PhaseCards($id: ID!, $first: Int, $after: String) {
   phase(id: $id) {
     id
-    cards(first: $first, after: $after) { pageInfo { hasNextPage endCursor } edges { node { ...CardParts } } }
+    cards(first: $first, after: $after) {
+      pageInfo { hasNextPage endCursor }
+      edges { node { ...CardParts phases_history { phase { id } firstTimeIn } } }
+    }
   }
 }"""
 )

@@ -122,13 +122,13 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
 
 
 class PipefyPhaseSensor(BaseSensorOperator):
-    """Wait until a phase holds at least ``min_cards`` cards, optionally only cards updated since the
-    data interval began. Returns their ids.
+    """Wait until a phase holds at least ``min_cards`` cards, optionally only cards that entered it since
+    the data interval began (from each card's phase history). Returns their ids.
 
     :param pipe_id: the pipe (to resolve a phase name).
     :param phase: phase id or name.
     :param min_cards: how many cards to wait for.
-    :param since_interval_start: count only cards updated since the run's data interval began.
+    :param since_interval_start: count only cards that entered the phase since the run's data interval began.
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
     :param pipefy_conn_id: the Pipefy connection.
     """
@@ -166,7 +166,7 @@ class PipefyPhaseSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> PokeReturnValue:
         phase = self.hook.resolve_phase(self.pipe_id, self.phase)
-        ids = matching_card_ids(list(self.hook.iter_phase_cards(phase["id"])), self._since(context))
+        ids = matching_card_ids(list(self.hook.iter_phase_cards(phase["id"])), self._since(context), phase["id"])
         self.log.info("Phase %r holds %d matching cards (waiting for %d)", phase["name"], len(ids), self.min_cards)
         return PokeReturnValue(is_done=len(ids) >= self.min_cards, xcom_value=ids)
 

@@ -82,11 +82,11 @@ class PipefyCardPhaseTrigger(BaseTrigger):
 
 
 class PipefyPhaseTrigger(BaseTrigger):
-    """Fires when a phase holds at least ``min_cards`` cards (updated at or after ``since``, if given).
+    """Fires when a phase holds at least ``min_cards`` cards (that entered it at or after ``since``, if given).
 
     :param phase_id: the phase.
     :param min_cards: how many cards to wait for.
-    :param since: ISO timestamp; only cards updated since then count.
+    :param since: ISO timestamp; only cards that entered the phase since then count.
     :param pipefy_conn_id: the Pipefy connection.
     :param poll_interval: seconds between polls.
     :param timeout: seconds from the trigger's start.
@@ -122,7 +122,7 @@ class PipefyPhaseTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "error", "phase_id": self.phase_id, "message": str(err)})
                 return
             else:
-                ids = matching_card_ids(cards, self.since)
+                ids = matching_card_ids(cards, self.since, self.phase_id)
                 if len(ids) >= self.min_cards:
                     yield TriggerEvent({"status": "success", "phase_id": self.phase_id, "card_ids": ids})
                     return
@@ -133,10 +133,17 @@ class PipefyPhaseTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
 
-def matching_card_ids(cards: list[dict[str, Any]], since: str | None) -> list[str]:
+def matching_card_ids(cards: list[dict[str, Any]], since: str | None, phase_id: str | None = None) -> list[str]:
+    """Ids of the cards, or of those that entered ``phase_id`` at or after ``since`` (ISO, UTC)."""
     if since is None:
         return [str(c["id"]) for c in cards]
-    return [str(c["id"]) for c in cards if str(c.get("updated_at") or "") >= since]
+    out = []
+    for card in cards:
+        entered = [str(h.get("firstTimeIn") or "") for h in card.get("phases_history") or []
+                   if phase_id is None or str((h.get("phase") or {}).get("id")) == str(phase_id)]
+        if any(moment >= since for moment in entered):
+            out.append(str(card["id"]))
+    return out
 
 
 def _fields(card: dict[str, Any]) -> dict[str, Any]:

@@ -210,3 +210,20 @@ def test_export_table_records(connections, context, tmp_path):
         context())
     lines = path.read_text().splitlines()
     assert summary["records"] == 60 and len(lines) == 61 and "Company" in lines[0]
+
+
+def test_phase_sensor_counts_cards_that_entered_since_the_interval(connections, context):
+    from airflow_provider_crm.sensors.pipefy import PipefyPhaseSensor
+
+    hook = PipefyHook()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    sensor = PipefyPhaseSensor(task_id="p", pipe_id="301", phase="Doing", min_cards=2, since_interval_start=True,
+                               deferrable=False)
+    ctx = context(now - timedelta(seconds=5), now + timedelta(hours=1))
+    before = sensor.poke(ctx)
+    assert not before.is_done and before.xcom_value == []  # 30 seeded cards entered long ago
+    moved = [c["id"] for c in list(hook.iter_phase_cards("3011"))[:2]]
+    for card_id in moved:
+        hook.move_card(card_id, "3012")
+    after = sensor.poke(ctx)
+    assert after.is_done and sorted(after.xcom_value) == sorted(moved)
