@@ -1,0 +1,98 @@
+"""PipefyHook methods with HTTP mocked: the GraphQL they send and how they read the answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+
+from airflow_provider_crm.common.errors import CrmNotFoundError, CrmTransientApiError, CrmValidationError
+from airflow_provider_crm.hooks.pipefy import ME, PipefyHook
+
+URL = "https://pf.test/graphql"
+FIELDS = [{"id": f"f{i}", "label": f"Field {i}", "type": "number", "required": False} for i in range(35)]
+PIPE = {"data": {"pipe": {"id": "1", "name": "P", "phases": [{"id": "11", "name": "Todo", "fields": []},
+                                                               {"id": "12", "name": "Done", "fields": []}],
+                          "start_form_fields": FIELDS, "labels": []}}}
+
+
+@pytest.fixture
+def hook(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PF", json.dumps({"conn_type": "pipefy", "password": "tok-123456", "host": URL,
+                                                      "extra": {"rate_limit_store": "memory"}}))
+    return PipefyHook("pf")
+
+
+def sent(index: int) -> dict:
+    return json.loads(responses.calls[index].request.body)
+
+
+@responses.activate
+def test_create_card_sends_converted_fields_and_reads_the_card(hook):
+    responses.post(URL, json=PIPE)
+    responses.post(URL, json={"data": {"createCard": {"card": {"id": "9", "title": "T", "url": "u"}}}})
+    card = hook.create_card("1", title="T", fields={"Field 1": 12.5, "f2": "3"}, phase_id=11)
+    assert card["id"] == "9"
+    body = sent(1)
+    assert "createCard" in body["query"]
+    assert body["variables"]["input"] == {"pipe_id": "1", "title": "T", "phase_id": "11", "fields_attributes": [
+        {"field_id": "f1", "field_value": "12.5"}, {"field_id": "f2", "field_value": "3"}]}
+
+
+@responses.activate
+def test_update_card_batches_custom_fields_by_30(hook):
+    responses.post(URL, json=PIPE)
+    ok = {"data": {"updateFieldsValues": {"success": True, "userErrors": []}}}
+    responses.post(URL, json=ok)
+    responses.post(URL, json=ok)
+    hook.update_card("9", pipe_id="1", fields={f["id"]: i for i, f in enumerate(FIELDS)})
+    batches = [len(sent(i)["variables"]["input"]["values"]) for i in (1, 2)]
+    assert batches == [30, 5]
+
+
+@responses.activate
+def test_update_fields_soft_failure_is_an_error(hook):
+    responses.post(URL, json=PIPE)
+    responses.post(URL, json={"data": {"updateFieldsValues": {"success": False, "userErrors": [
+        {"field": "f1", "message": "is invalid"}]}}})
+    with pytest.raises(CrmValidationError, match="card 9: fields not updated: f1: is invalid"):
+        hook.update_card("9", pipe_id="1", fields={"f1": 1})
+
+
+@responses.activate
+def test_move_delete_comment(hook):
+    responses.post(URL, json={"data": {"moveCardToPhase": None}, "errors": [{"message": 'Field "X" is required!',
+                                                                             "extensions": {"code": "INVALID_INPUT"}}]})
+    with pytest.raises(CrmValidationError, match='card 9 cannot move to phase 12: Field "X" is required!'):
+        hook.move_card("9", "12")
+    responses.post(URL, json={"data": {"deleteCard": {"success": True}}})
+    assert hook.delete_card("9") is True
+    responses.post(URL, json={"data": {"createComment": {"comment": {"id": "c1"}}}})
+    assert hook.create_comment("9", "hello")["id"] == "c1"
+    assert sent(2)["variables"] == {"input": {"card_id": "9", "text": "hello"}}
+
+
+@responses.activate
+def test_missing_card_and_server_errors(hook):
+    responses.post(URL, json={"data": {"card": None}})
+    with pytest.raises(CrmNotFoundError, match="card 5 not found"):
+        hook.get_card("5")
+    for _ in range(5):
+        responses.post(URL, status=502, body="bad gateway")
+    with pytest.raises(CrmTransientApiError, match="server error 502"):
+        hook.execute(ME)
+    assert len(responses.calls) == 6  # one read, then five attempts of the retried one
+
+
+@responses.activate
+def test_service_account_token_refreshed_once_on_401(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SA", json.dumps({"conn_type": "pipefy", "host": URL, "extra": {
+        "client_id": "sa", "client_secret": "secret-xyz", "oauth_token_url": "https://pf.test/oauth/token",
+        "rate_limit_store": "memory"}}))
+    responses.post("https://pf.test/oauth/token", json={"access_token": "first", "expires_in": 3600})
+    responses.post(URL, status=401, json={"errors": [{"message": "Unauthorized"}]})
+    responses.post("https://pf.test/oauth/token", json={"access_token": "second", "expires_in": 3600})
+    responses.post(URL, json={"data": {"me": {"id": "1", "email": "sa@x"}}})
+    assert PipefyHook("sa").me()["id"] == "1"
+    assert responses.calls[3].request.headers["Authorization"] == "Bearer second"
