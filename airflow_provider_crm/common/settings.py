@@ -64,7 +64,9 @@ class ConnectionReader:
         if value is None:
             return None
         if value not in ("memory", "file") and not value.startswith(("file://", "redis://", "rediss://", "unix://")):
+            # name only the scheme: a store URL may carry a password
             raise CrmConfigError(
-                self.conn_id, "rate_limit_store", f"must be 'file', 'memory', file:///dir or redis://..., got {value!r}"
+                self.conn_id, "rate_limit_store",
+                f"must be 'file', 'memory', file:///dir or redis://..., got a {value.split(':', 1)[0]!r} value",
             )
         return value
