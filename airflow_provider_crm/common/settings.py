@@ -56,7 +56,8 @@ class ConnectionReader:
         value = (value or "").strip() or default
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise CrmConfigError(self.conn_id, name, f"must be an http(s) URL, got {value!r}")
+            shown = value.rsplit("@", 1)[-1]  # never show credentials embedded in a URL
+            raise CrmConfigError(self.conn_id, name, f"must be an http(s) URL, got {shown!r}")
         return value.rstrip("/")
 
     def store(self) -> str | None:
