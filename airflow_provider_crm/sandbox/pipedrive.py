@@ -18,13 +18,13 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timezone
-from importlib import resources
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from airflow_provider_crm.common.ratelimit import pipedrive_token_cost
 from airflow_provider_crm.sandbox.core import (
     DEFAULT_PIPEDRIVE_CLIENT,
     DEFAULT_PIPEDRIVE_REFRESH_TOKEN,
@@ -213,8 +213,6 @@ class PipedriveService:
         self.access_tokens: dict[str, float] = {}
         self.refresh_tokens = {DEFAULT_PIPEDRIVE_REFRESH_TOKEN}
         self._list_cache: dict[tuple, list[dict[str, Any]]] = {}
-        costs = json.loads(resources.files("airflow_provider_crm.common").joinpath("pipedrive_costs.json").read_text())
-        self.costs = {v: [(m, p, c) for m, p, c in rows] for v, rows in costs.items()}
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -279,19 +277,6 @@ class PipedriveService:
                 return bearer, ALIASES.get(default_plan, default_plan), "oauth"
         return None
 
-    def cost(self, method: str, version: str, path: str) -> int:
-        best: tuple[int, int] | None = None
-        parts = path.strip("/").split("/")
-        for m, template, cost in self.costs.get(version, []):
-            t_parts = template.strip("/").split("/")
-            if m != method or len(t_parts) != len(parts):
-                continue
-            if all(t == p or t.startswith("{") for t, p in zip(t_parts, parts, strict=True)):
-                placeholders = template.count("{")
-                if best is None or placeholders < best[0]:
-                    best = (placeholders, cost)
-        return best[1] if best else 10
-
     def _limit(self, token: str, plan: str, auth_type: str, method: str, version: str, path: str
                ) -> tuple[dict[str, str], JSONResponse | None]:
         cfg, now, key = self.state.config, self.state.clock.now(), token_key(token)
@@ -311,7 +296,7 @@ class PipedriveService:
             search = self.search_windows.setdefault(key, SlidingWindow(10, 2.0))
             if search.hit(now) > 10:
                 return headers, error(429, "request over limit", errorCode=429)
-        cost = self.cost(method, version, path)
+        cost = pipedrive_token_cost(method, path, version)  # the specs' x-token-cost, as the real API charges
         if spent + cost > budget:
             headers["x-daily-ratelimit-token-remaining"] = str(max(0, int(budget - spent)))
             return headers, error(429, "request over limit", "Daily token budget spent", errorCode=429)
