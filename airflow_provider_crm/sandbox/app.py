@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -192,4 +191,4 @@ def describe(base_url: str, config: SandboxConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["create_app", "describe", "json"]
+__all__ = ["create_app", "describe"]
