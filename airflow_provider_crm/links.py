@@ -31,6 +31,13 @@ class PipefyPipeLink(_XComUrlLink):
     xcom_key = "pipefy_pipe_url"
 
 
+class PipefyTableLink(_XComUrlLink):
+    """Link to the Pipefy database table a task wrote to or exported."""
+
+    name = "Pipefy table"
+    xcom_key = "pipefy_table_url"
+
+
 class PipedriveRecordLink(_XComUrlLink):
     """Link to the Pipedrive record a task created, updated or watched."""
 

@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import requests
@@ -114,7 +115,7 @@ query FindCards($pipeId: ID!, $search: FindCards!, $first: Int, $after: String) 
 )
 CREATE_CARD = parse(
     """
-mutation CreateCard($input: CreateCardInput!) { createCard(input: $input) { card { id title url } } }"""
+mutation CreateCard($input: CreateCardInput!) { createCard(input: $input) { card { id title url current_phase { id name } } } }"""
 )
 UPDATE_CARD = parse(
     """
@@ -138,7 +139,9 @@ CREATE_COMMENT = parse(
 )
 TABLE = parse(
     """
-query Table($id: ID!) { table(id: $id) { id name table_fields { id label type required options } } }"""
+query Table($id: ID!) {
+  table(id: $id) { id name table_records_count table_fields { id label type required options } }
+}"""
 )
 TABLE_RECORDS = parse(
     """
@@ -181,6 +184,13 @@ mutation CreatePresignedUrl($input: CreatePresignedUrlInput!) { createPresignedU
 DELETE_TABLE_RECORD = parse(
     "mutation DeleteTableRecord($input: DeleteTableRecordInput!) { deleteTableRecord(input: $input) { success } }"
 )
+
+_HTTP_ERROR_CLASSES: dict[int, type[CrmApiError]] = {
+    403: CrmPermissionError,
+    404: CrmNotFoundError,
+    410: CrmNotFoundError,
+    422: CrmValidationError,
+}
 
 _ERROR_CLASSES: dict[str, type[CrmApiError]] = {
     "UNAUTHORIZED": CrmAuthError,
@@ -369,6 +379,7 @@ class PipefyHook(BaseHook):
             "requests_per_30s": reader.positive_int("requests_per_30s"),
             "monthly_quota": reader.positive_int("monthly_quota"),
             "rate_limit_store": reader.store(),
+            "web_url": reader.url("web_url", web_url, WEB_URL) if (web_url := reader.text("web_url")) else None,
         }
 
     @cached_property
@@ -389,6 +400,23 @@ class PipefyHook(BaseHook):
 
     def get_conn(self) -> requests.Session:
         return self.session
+
+    # -- links for people ----------------------------------------------------------------------------
+    @property
+    def web_url(self) -> str:
+        """Base URL of Pipefy's web app for this connection: the ``web_url`` extra, else derived from
+        the API URL (``https://app.pipefy.com`` for Pipefy's cloud, the API URL without ``/graphql``
+        for a single-tenant domain or the sandbox)."""
+        return self.settings["web_url"] or web_url_for(self.settings["api_url"])
+
+    def card_url(self, card_id: str | int) -> str:
+        return card_url(card_id, self.web_url)
+
+    def pipe_url(self, pipe_id: str | int) -> str:
+        return pipe_url(pipe_id, self.web_url)
+
+    def table_url(self, table_id: str | int) -> str:
+        return table_url(table_id, self.web_url)
 
     # -- auth --------------------------------------------------------------------------------------
     def _bearer(self, force_refresh: bool = False) -> str:
@@ -437,7 +465,12 @@ class PipefyHook(BaseHook):
             if resp.status_code == 401 and attempt == 1 and self.settings["client_id"]:
                 continue  # the service-account token may have expired early: refresh once
             break
-        return self._parse(resp)
+        try:
+            return self._parse(resp)
+        except CrmRateLimitError:
+            if resp.status_code != 429:  # a rate-limit error inside a 200: wait out the block all the same
+                self.limiter.after_response(429, resp.headers, kind=kind)
+            raise
 
     def _parse(self, resp: requests.Response) -> dict[str, Any]:
         status = resp.status_code
@@ -458,7 +491,8 @@ class PipefyHook(BaseHook):
         if payload.get("errors"):
             raise pipefy_error(payload["errors"], payload.get("data"), status)
         if status >= 400:
-            raise CrmPermanentApiError(f"HTTP {status}", service="pipefy", status=status)
+            cls = _HTTP_ERROR_CLASSES.get(status, CrmPermanentApiError)
+            raise cls(f"HTTP {status}", service="pipefy", status=status)
         return payload.get("data") or {}
 
     def execute(self, document: DocumentNode, variables: dict[str, Any] | None = None, *, write: bool = False,
@@ -536,6 +570,19 @@ class PipefyHook(BaseHook):
             raise CrmInputError(f"{where}: field label {key!r} is ambiguous; use its id ({[m['id'] for m in matches]})")
         raise CrmInputError(f"{where}: unknown field {key!r}; known fields: {', '.join(known)}")
 
+    def key_value(self, fields_meta: list[dict[str, Any]], values: dict[str, Any], key_field: str, where: str
+                  ) -> tuple[dict[str, Any], str]:
+        """The key field's metadata and its value in ``values`` (keyed by id or label), as Pipefy stores it
+        (the form ``findCards`` / ``findRecords`` match on)."""
+        key_meta = self.resolve_field(fields_meta, key_field, where)
+        for name, value in values.items():
+            if self.resolve_field(fields_meta, name, where)["id"] == key_meta["id"]:
+                if value in (None, ""):
+                    break
+                converted = to_pipefy_value(key_meta, value)
+                return key_meta, converted if isinstance(converted, str) else str(converted)
+        raise CrmInputError(f"{where}: key field {key_field!r} has no value among the fields given")
+
     def resolve_phase(self, pipe_id: str | int, phase: str | int) -> dict[str, Any]:
         phases = self.get_pipe(pipe_id).get("phases") or []
         for item in phases:
@@ -596,13 +643,11 @@ class PipefyHook(BaseHook):
             card_input["phase_id"] = str(phase_id)
         lookup = None
         if key_field:
-            key_meta = self.resolve_field(meta, key_field, f"pipe {pipe_id}")
-            if key_meta is not None and key_field in fields:
-                key_value = to_pipefy_value(key_meta, fields[key_field])
+            key_meta, key_value = self.key_value(meta, fields, key_field, f"pipe {pipe_id}")
 
-                def lookup() -> dict[str, Any] | None:
-                    found = self.find_cards(pipe_id, key_meta["id"], key_value)
-                    return found[0] if found else None
+            def lookup() -> dict[str, Any] | None:
+                found = self.find_cards(pipe_id, key_meta["id"], key_value)
+                return found[0] if found else None
 
         def create() -> dict[str, Any]:
             return self._post_once(CREATE_CARD, {"input": card_input}, "write")["createCard"]["card"]
@@ -675,14 +720,29 @@ class PipefyHook(BaseHook):
         return list(self.paginate(FIND_RECORDS, {"tableId": str(table_id), "search": search}, ["findRecords"]))
 
     def create_table_record(self, table_id: str | int, title: str | None = None,
-                            fields: dict[str, Any] | None = None) -> dict[str, Any]:
+                            fields: dict[str, Any] | None = None, key_field: str | None = None) -> dict[str, Any]:
+        """Create a database-table record. With ``key_field`` (id or label, its value in ``fields``), a
+        create whose answer was lost is looked up (findRecords) instead of being sent again."""
+        fields = dict(fields or {})
         meta = self.get_table(table_id)["table_fields"]
-        attributes = self._fields_attributes(meta, dict(fields or {}), f"table {table_id}")
+        attributes = self._fields_attributes(meta, fields, f"table {table_id}")
         record_input: dict[str, Any] = {"table_id": str(table_id), "fields_attributes": attributes}
         if title is not None:
             record_input["title"] = title
-        data = self._post_once(CREATE_TABLE_RECORD, {"input": record_input}, "write")
-        return data["createTableRecord"]["table_record"]
+        lookup = None
+        if key_field:
+            key_meta, key_value = self.key_value(meta, fields, key_field, f"table {table_id}")
+
+            def lookup() -> dict[str, Any] | None:
+                found = self.find_table_records(table_id, key_meta["id"], key_value)
+                return found[0] if found else None
+
+        def create() -> dict[str, Any]:
+            data = self._post_once(CREATE_TABLE_RECORD, {"input": record_input}, "write")
+            return data["createTableRecord"]["table_record"]
+
+        return call_with_retries(create, idempotent=False, lookup=lookup,
+                                 description=f"createTableRecord in table {table_id}", stats=self.limiter.stats)
 
     def update_table_record(self, record_id: str | int, *, table_id: str | int | None = None,
                             fields: dict[str, Any] | None = None, **attributes: Any) -> dict[str, Any]:
@@ -735,12 +795,31 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def card_url(card_id: str | int) -> str:
-    return f"{WEB_URL}/open-cards/{card_id}"
+def web_url_for(api_url: str) -> str:
+    """Pipefy's web app for an API URL: app.pipefy.com for Pipefy's cloud; otherwise the API URL
+    without its ``/graphql`` path (a single-tenant domain, or the sandbox's ``/pipefy`` base)."""
+    parsed = urlparse(api_url)
+    if (parsed.hostname or "").lower() in ("api.pipefy.com", "app.pipefy.com"):
+        return WEB_URL
+    base = api_url.split("?", 1)[0].rstrip("/")
+    if base.endswith("/graphql"):
+        base = base[: -len("/graphql")]
+    return base
 
 
-def pipe_url(pipe_id: str | int) -> str:
-    return f"{WEB_URL}/pipes/{pipe_id}"
+def card_url(card_id: str | int, web_url: str = WEB_URL) -> str:
+    """The card as people open it: ``<web>/open-cards/<id>``."""
+    return f"{web_url}/open-cards/{card_id}"
+
+
+def pipe_url(pipe_id: str | int, web_url: str = WEB_URL) -> str:
+    """The pipe as people open it: ``<web>/pipes/<id>``."""
+    return f"{web_url}/pipes/{pipe_id}"
+
+
+def table_url(table_id: str | int, web_url: str = WEB_URL) -> str:
+    """A database table as people open it: ``<web>/database_v2/tables/<id>``."""
+    return f"{web_url}/database_v2/tables/{table_id}"
 
 
 class PipefyAsyncHook(PipefyHook):
@@ -764,8 +843,15 @@ class PipefyAsyncHook(PipefyHook):
         if not s["client_id"]:
             return s["token"]
         if force_refresh or not self._token or time.time() > self._token_expires - 60:
-            resp = await client.post(s["oauth_token_url"], data={
-                "grant_type": "client_credentials", "client_id": s["client_id"], "client_secret": s["client_secret"]})
+            try:
+                resp = await client.post(s["oauth_token_url"], data={
+                    "grant_type": "client_credentials", "client_id": s["client_id"],
+                    "client_secret": s["client_secret"]})
+            except httpx.TransportError as err:
+                raise CrmTransientApiError(f"token endpoint unreachable ({type(err).__name__})",
+                                           service="pipefy") from None
+            if resp.status_code >= 500:
+                raise CrmTransientApiError("token endpoint error", service="pipefy", status=resp.status_code)
             if resp.status_code != 200:
                 raise CrmAuthError(f"service account token refused for connection {self.pipefy_conn_id!r}",
                                    service="pipefy", status=resp.status_code)
@@ -790,7 +876,12 @@ class PipefyAsyncHook(PipefyHook):
                 if resp.status_code == 401 and attempt == 1 and s["client_id"]:
                     continue
                 break
-        return self._parse(resp)  # type: ignore[arg-type]
+        try:
+            return self._parse(resp)  # type: ignore[arg-type]
+        except CrmRateLimitError:
+            if resp.status_code != 429:
+                await asyncio.to_thread(self.limiter.after_response, 429, resp.headers)
+            raise
 
     async def aget_card(self, card_id: str | int) -> dict[str, Any]:
         card = (await self.aexecute(CARD, {"id": str(card_id)})).get("card")

@@ -11,12 +11,12 @@ from typing import Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
-from airflow_provider_crm.common.errors import CrmError, CrmInputError
+from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
-from airflow_provider_crm.hooks.pipefy import PAGE_SIZE, PipefyHook, card_url, flatten_card_fields, pipe_url
-from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink
+from airflow_provider_crm.hooks.pipefy import PAGE_SIZE, PipefyHook, flatten_card_fields, to_pipefy_value
+from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
 
 
 class _PipefyOperator(BaseOperator):
@@ -62,23 +62,25 @@ class PipefyCreateCardOperator(_PipefyOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         existing = None
-        if self.key_field and self.key_field in self.fields:
-            key = self.hook.resolve_field(self.hook.pipe_fields(self.pipe_id), self.key_field, f"pipe {self.pipe_id}")
-            from airflow_provider_crm.hooks.pipefy import to_pipefy_value
-
-            found = self.hook.find_cards(self.pipe_id, key["id"], to_pipefy_value(key, self.fields[self.key_field]))
+        if self.key_field:
+            # an Airflow retry after a create that landed finds that card instead of making a second one
+            key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
+                                             f"pipe {self.pipe_id}")
+            found = self.hook.find_cards(self.pipe_id, key["id"], value)
             existing = found[0] if found else None
+            if existing:
+                self.log.info("Card %s already has %s = %r: not creating another", existing["id"], key["label"],
+                              value)
         if existing:
-            self.log.info("Card %s already has %s = %r: not creating another", existing["id"], self.key_field,
-                          self.fields.get(str(self.key_field)))
             card, created = existing, False
         else:
             card = self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
                                          key_field=self.key_field)
             created = True
             self.log.info("Created card %s in pipe %s", card["id"], self.pipe_id)
-        push_link(context, PipefyCardLink.xcom_key, card_url(card["id"]))
-        return self.summary(id=str(card["id"]), created=created, url=card_url(card["id"]))
+        url = self.hook.card_url(card["id"])
+        push_link(context, PipefyCardLink.xcom_key, url)
+        return self.summary(id=str(card["id"]), created=created, url=url)
 
 
 class PipefyUpdateCardOperator(_PipefyOperator):
@@ -102,8 +104,9 @@ class PipefyUpdateCardOperator(_PipefyOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         self.hook.update_card(self.card_id, fields=self.fields, **self.attributes)
-        push_link(context, PipefyCardLink.xcom_key, card_url(self.card_id))
-        return self.summary(id=str(self.card_id), updated_fields=sorted(self.fields), url=card_url(self.card_id))
+        url = self.hook.card_url(self.card_id)
+        push_link(context, PipefyCardLink.xcom_key, url)
+        return self.summary(id=str(self.card_id), updated_fields=sorted(self.fields), url=url)
 
 
 class PipefyMoveCardOperator(_PipefyOperator):
@@ -130,12 +133,16 @@ class PipefyMoveCardOperator(_PipefyOperator):
         else:
             self.hook.move_card(self.card_id, target["id"])
             moved = True
-        push_link(context, PipefyCardLink.xcom_key, card_url(self.card_id))
+            self.log.info("Moved card %s to phase %r", self.card_id, target["name"])
+        push_link(context, PipefyCardLink.xcom_key, self.hook.card_url(self.card_id))
         return self.summary(id=str(self.card_id), phase=target["name"], moved=moved)
 
 
 class PipefyDeleteCardOperator(_PipefyOperator):
     """Delete a card. A card already gone counts as deleted unless ``must_exist``.
+
+    The card is read first, so the extra link can point at its pipe and a card that is already gone
+    (Pipefy answers not-found or, for a deleted card, permission denied) is told apart from a delete.
 
     :param card_id: the card.
     :param must_exist: fail when the card does not exist.
@@ -143,6 +150,7 @@ class PipefyDeleteCardOperator(_PipefyOperator):
     """
 
     template_fields: Sequence[str] = ("card_id",)
+    operator_extra_links = (PipefyPipeLink(),)
 
     def __init__(self, *, card_id: str | int, must_exist: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -150,15 +158,22 @@ class PipefyDeleteCardOperator(_PipefyOperator):
         self.must_exist = must_exist
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_provider_crm.common.errors import CrmNotFoundError
-
         try:
-            deleted = self.hook.delete_card(self.card_id)
-        except CrmNotFoundError:
+            card = self.hook.get_card(self.card_id)
+        except (CrmNotFoundError, CrmPermissionError) as err:
             if self.must_exist:
                 raise
+            self.log.info("Card %s is already gone (%s): nothing to delete", self.card_id, err.api_message)
+            return self.summary(id=str(self.card_id), deleted=False)
+        pipe_id = (card.get("pipe") or {}).get("id")
+        if pipe_id:
+            push_link(context, PipefyPipeLink.xcom_key, self.hook.pipe_url(pipe_id))
+        try:
+            deleted = self.hook.delete_card(self.card_id)
+        except CrmNotFoundError:  # deleted between the read and the delete (or by a lost first answer)
             deleted = False
-        return self.summary(id=str(self.card_id), deleted=deleted)
+        self.log.info("Card %s %s", self.card_id, "deleted" if deleted else "was already gone")
+        return self.summary(id=str(self.card_id), deleted=deleted, pipe_id=str(pipe_id) if pipe_id else None)
 
 
 class PipefyCreateTableRecordOperator(_PipefyOperator):
@@ -167,21 +182,41 @@ class PipefyCreateTableRecordOperator(_PipefyOperator):
     :param table_id: the table.
     :param fields: values by field id or label.
     :param title: record title.
+    :param key_field: a field (id or label) whose value identifies the record: if a record with that
+        value exists it is returned instead of creating another, so an Airflow retry never
+        creates a duplicate.
     :param pipefy_conn_id: the Pipefy connection.
     """
 
-    template_fields: Sequence[str] = ("table_id", "fields", "title")
+    template_fields: Sequence[str] = ("table_id", "fields", "title", "key_field")
+    operator_extra_links = (PipefyTableLink(),)
 
     def __init__(self, *, table_id: str | int, fields: dict[str, Any], title: str | None = None,
-                 **kwargs: Any) -> None:
+                 key_field: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_id = table_id
         self.fields = fields
         self.title = title
+        self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        record = self.hook.create_table_record(self.table_id, title=self.title, fields=self.fields)
-        return self.summary(id=str(record["id"]), table_id=str(self.table_id))
+        existing = None
+        if self.key_field:
+            meta = self.hook.get_table(self.table_id)["table_fields"]
+            key, value = self.hook.key_value(meta, self.fields, self.key_field, f"table {self.table_id}")
+            found = self.hook.find_table_records(self.table_id, key["id"], value)
+            existing = found[0] if found else None
+        if existing:
+            self.log.info("Record %s already has %s = %r: not creating another", existing["id"], self.key_field,
+                          value)
+            record, created = existing, False
+        else:
+            record = self.hook.create_table_record(self.table_id, title=self.title, fields=self.fields,
+                                                   key_field=self.key_field)
+            created = True
+            self.log.info("Created record %s in table %s", record["id"], self.table_id)
+        push_link(context, PipefyTableLink.xcom_key, self.hook.table_url(self.table_id))
+        return self.summary(id=str(record["id"]), table_id=str(self.table_id), created=created)
 
 
 class PipefyUpdateTableRecordOperator(_PipefyOperator):
@@ -195,6 +230,7 @@ class PipefyUpdateTableRecordOperator(_PipefyOperator):
     """
 
     template_fields: Sequence[str] = ("table_id", "record_id", "fields", "title")
+    operator_extra_links = (PipefyTableLink(),)
 
     def __init__(self, *, table_id: str | int, record_id: str | int, fields: dict[str, Any] | None = None,
                  title: str | None = None, **kwargs: Any) -> None:
@@ -207,6 +243,7 @@ class PipefyUpdateTableRecordOperator(_PipefyOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         attributes = {"title": self.title} if self.title is not None else {}
         self.hook.update_table_record(self.record_id, table_id=self.table_id, fields=self.fields, **attributes)
+        push_link(context, PipefyTableLink.xcom_key, self.hook.table_url(self.table_id))
         return self.summary(id=str(self.record_id), table_id=str(self.table_id), updated_fields=sorted(self.fields))
 
 
@@ -246,24 +283,38 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         meta = hook.pipe_fields(self.pipe_id)
         key = hook.resolve_field(meta, self.key_field, f"pipe {self.pipe_id}")
         target = hook.resolve_phase(self.pipe_id, self.phase) if self.phase is not None else None
-        report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         key_column = next((c for c, f in self.field_map.items() if f == self.key_field), self.key_field)
-        for index, row in enumerate(read_rows(self.rows), start=1):
+        rows, count = self._rows()
+        # one lookup per row, a create or an update for most, a move for some
+        estimate = count * (2 + (1 if target is not None else 0))
+        self.log.info("Upserting %d rows into pipe %s keyed by %r: at most about %d API calls", count,
+                      self.pipe_id, key["label"], estimate)
+        hook.limiter.check_quota(estimate)
+        report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
+        for index, row in enumerate(rows, start=1):
             try:
                 outcome, card_id = self._upsert_row(row, key, key_column, meta, target)
                 report.record(outcome, card_id)
             except CrmError as err:
                 report.reject(index, row, err)
-        push_link(context, PipefyPipeLink.xcom_key, pipe_url(self.pipe_id))
+            if index % 100 == 0:
+                self.log.info("%d of %d rows done: %s", index, count, report.counts)
+        push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
         summary = self.summary(pipe_id=str(self.pipe_id), **report.summary())
         self.log.info("Upsert finished: %s", summary)
         report.check_threshold(self.max_failure_ratio)
         return summary
 
+    def _rows(self) -> tuple[Iterator[dict[str, Any]], int]:
+        """The rows and how many there are; a file is counted in a first streamed pass, not held in memory."""
+        source = self.rows
+        if isinstance(source, ObjectStoragePath) or (isinstance(source, str) and not source.strip().startswith("[")):
+            return read_rows(source), sum(1 for _ in read_rows(source))
+        rows = list(read_rows(source))
+        return iter(rows), len(rows)
+
     def _upsert_row(self, row: dict[str, Any], key: dict[str, Any], key_column: str, meta: list[dict[str, Any]],
                     target: dict[str, Any] | None) -> tuple[str, str]:
-        from airflow_provider_crm.hooks.pipefy import to_pipefy_value
-
         if row.get(key_column) in (None, ""):
             raise CrmInputError(f"key column {key_column!r} is empty")
         values = {self.field_map.get(col, col): val for col, val in row.items()
@@ -300,12 +351,12 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         else:
             created = self.hook.create_card(self.pipe_id, title=title, fields=values,
                                             key_field=self.field_map.get(key_column, key_column))
-            card_id, outcome, phase_now = created["id"], "created", None
-        if target is not None and str(phase_now) != str(target["id"]):
-            if phase_now is None:
+            card_id, outcome = created["id"], "created"
+            phase_now = (created.get("current_phase") or {}).get("id")
+            if phase_now is None and target is not None:
                 phase_now = self.hook.get_card(card_id)["current_phase"]["id"]
-            if str(phase_now) != str(target["id"]):
-                self.hook.move_card(card_id, target["id"])
+        if target is not None and str(phase_now) != str(target["id"]):
+            self.hook.move_card(card_id, target["id"])
         return outcome, str(card_id)
 
 
@@ -355,7 +406,10 @@ class PipefyExportCardsOperator(_PipefyOperator):
         start, end = (None, None) if self.full else data_interval(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
-        estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE)) + len(phase_list or [])
+        if phase_list:  # each phase pages on its own: at least one call each
+            estimated_calls = sum(max(1, math.ceil((p.get("cards_count") or 0) / PAGE_SIZE)) for p in phase_list)
+        else:
+            estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE))
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting pipe %s (%s) %s: about %d cards in %d calls", pipe["name"], self.pipe_id,
                       f"updated in [{start}, {end})" if start else "(all cards)", cards_total, estimated_calls)
@@ -365,7 +419,8 @@ class PipefyExportCardsOperator(_PipefyOperator):
                 writer.write(card_row(card))
                 if writer.count % 1000 == 0:
                     self.log.info("%d cards written", writer.count)
-        push_link(context, PipefyPipeLink.xcom_key, pipe_url(self.pipe_id))
+        self.log.info("Wrote %d cards to %s", writer.count, self.path)
+        push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
         emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path)})
         return self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
                             interval=[str(start), str(end)] if start else None)
@@ -421,16 +476,21 @@ def _updated_within(card: dict[str, Any], start: datetime, end: datetime | None)
 class PipefyExportTableRecordsOperator(_PipefyOperator):
     """Export the records of a Pipefy database table to JSON Lines or CSV (streamed, atomic).
 
+    One row per record: ``id``, ``title``, ``created_at``, ``updated_at``, then each field by label
+    and by id (lists as lists). Incremental on ``updated_at`` by the run's data interval unless
+    ``full`` (Pipefy cannot filter records by date, so every page is read and filtered here).
+
     :param table_id: the table.
     :param path: target file (ObjectStoragePath or URL).
     :param fmt: ``jsonl`` or ``csv``.
-    :param full: ignore the data interval (records have ``updated_at``; filtering is client-side).
+    :param full: export every record, ignoring the data interval.
     :param pipefy_conn_id: the Pipefy connection.
     """
 
     template_fields: Sequence[str] = ("table_id", "path", "fmt")
+    operator_extra_links = (PipefyTableLink(),)
 
-    def __init__(self, *, table_id: str | int, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = True,
+    def __init__(self, *, table_id: str | int, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_id = table_id
@@ -439,22 +499,40 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
         self.full = full
 
     def execute(self, context: Any) -> dict[str, Any]:
-        table = self.hook.get_table(self.table_id)
+        hook = self.hook
+        table = hook.get_table(self.table_id)
         start, end = (None, None) if self.full else data_interval(context)
+        total = table.get("table_records_count") or 0
+        estimated_calls = max(1, math.ceil(total / PAGE_SIZE))
+        hook.limiter.check_quota(estimated_calls)
+        self.log.info("Exporting table %s (%s) %s: %d records in about %d calls", table.get("name"), self.table_id,
+                      f"updated in [{start}, {end})" if start else "(all records)", total, estimated_calls)
         columns = None
         if self.fmt == "csv":
-            columns = ["id", "title", "created_at", "updated_at"]
+            columns = list(RECORD_COLUMNS)
             for field in table["table_fields"]:
-                columns += [field["label"], field["id"]]
+                columns += [name for name in (field["label"], field["id"]) if name not in columns]
         with open_export_writer(self.path, self.fmt, fieldnames=columns) as writer:
-            for record in self.hook.iter_table_records(self.table_id):
+            for record in hook.iter_table_records(self.table_id):
                 if start is not None and not _updated_within(record, start, end):
                     continue
-                row = {k: record.get(k) for k in ("id", "title", "created_at", "updated_at")}
-                for item in record.get("record_fields") or []:
-                    value = item.get("array_value") if item.get("array_value") is not None else item.get("value")
-                    row[item["field"]["label"]] = value
-                    row[item["field"]["id"]] = value
-                writer.write(row)
+                writer.write(record_row(record))
+        self.log.info("Wrote %d records to %s", writer.count, self.path)
+        push_link(context, PipefyTableLink.xcom_key, hook.table_url(self.table_id))
         emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path)})
-        return self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path))
+        return self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
+                            interval=[str(start), str(end)] if start else None)
+
+
+RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")
+
+
+def record_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A table record as an export row: attributes, then each field by label and by id."""
+    row = {k: record.get(k) for k in RECORD_COLUMNS}
+    for item in record.get("record_fields") or []:
+        field = item.get("field") or {}
+        value = item.get("array_value") if item.get("array_value") is not None else item.get("value")
+        for key in filter(None, (field.get("label") or item.get("name"), field.get("id"))):
+            row[key] = value
+    return row

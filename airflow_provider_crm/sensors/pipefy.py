@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
 
 from airflow_provider_crm.common.context import data_interval, push_link
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
-from airflow_provider_crm.hooks.pipefy import PipefyHook, card_url
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink
 from airflow_provider_crm.triggers.pipefy import (
     PipefyCardPhaseTrigger,
@@ -28,8 +33,25 @@ def _default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
+def _seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
 class PipefyCardFailedError(AirflowFailException):
     """The card reached a failure phase or was deleted: waiting longer cannot succeed."""
+
+
+def _event_failure(sensor: BaseSensorOperator, event: dict[str, Any], what: str) -> NoReturn:
+    """Raise for a trigger event that is not a success: timeout (skip with ``soft_fail``) or error."""
+    status = event.get("status")
+    message = event.get("message") or ""
+    if status == "timeout":
+        if sensor.soft_fail:
+            raise AirflowSkipException(f"{what}: timed out ({message}); skipping (soft_fail)")
+        raise AirflowSensorTimeout(f"{what}: timed out: {message}")
+    raise AirflowException(f"{what}: trigger ended with {status}: {message}")
 
 
 class PipefyCardPhaseSensor(BaseSensorOperator):
@@ -83,7 +105,7 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
         return info if str(phase["id"]) in targets else None
 
     def execute(self, context: Any) -> Any:
-        push_link(context, PipefyCardLink.xcom_key, card_url(self.card_id))
+        push_link(context, PipefyCardLink.xcom_key, self.hook.card_url(self.card_id))
         if not self.deferrable:
             return super().execute(context)
         card = self._card()
@@ -91,12 +113,12 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
         done = self._check(card, targets, failures)
         if done is not None:
             return done
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+        self.log.info("Card %s is in phase %r; deferring until it reaches %s", self.card_id,
+                      card["current_phase"]["name"], self.target_phases)
         self.defer(
             trigger=PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id,
-                                           poll_interval=float(self.poke_interval if not isinstance(
-                                               self.poke_interval, timedelta) else self.poke_interval.total_seconds()),
-                                           timeout=float(timeout) if timeout else None),
+                                           poll_interval=_seconds(self.poke_interval) or 60.0,
+                                           timeout=_seconds(self.timeout) or None),
             method_name="execute_complete",
         )
 
@@ -116,9 +138,7 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
             raise PipefyCardFailedError(f"card {event['card_id']} reached failure phase {event['phase']!r}")
         if status == "deleted":
             raise PipefyCardFailedError(f"card {event['card_id']} was deleted: {event.get('message')}")
-        from airflow.sdk.exceptions import AirflowException
-
-        raise AirflowException(f"waiting for card {self.card_id} ended with {status}: {event.get('message')}")
+        _event_failure(self, event, f"waiting for card {self.card_id}")
 
 
 class PipefyPhaseSensor(BaseSensorOperator):
@@ -161,7 +181,8 @@ class PipefyPhaseSensor(BaseSensorOperator):
             return super().execute(context)
         phase = self.hook.resolve_phase(self.pipe_id, self.phase)
         self.defer(trigger=PipefyPhaseTrigger(str(phase["id"]), self.min_cards, self._since(context),
-                                              self.pipefy_conn_id, poll_interval=float(self.poke_interval)),
+                                              self.pipefy_conn_id, poll_interval=_seconds(self.poke_interval) or 60.0,
+                                              timeout=_seconds(self.timeout) or None),
                    method_name="execute_complete")
 
     def poke(self, context: Any) -> PokeReturnValue:
@@ -172,8 +193,6 @@ class PipefyPhaseSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> list[str]:
         if event.get("status") != "success":
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException(f"waiting for phase {self.phase} ended with {event.get('status')}: "
-                                   f"{event.get('message')}")
+            _event_failure(self, event, f"waiting for phase {self.phase!r}")
+        self.log.info("Phase %r holds %d matching cards", self.phase, len(event["card_ids"]))
         return event["card_ids"]
