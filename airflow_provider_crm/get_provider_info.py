@@ -119,6 +119,7 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": [
             "airflow_provider_crm.links.PipefyCardLink",
             "airflow_provider_crm.links.PipefyPipeLink",
+            "airflow_provider_crm.links.PipefyTableLink",
             "airflow_provider_crm.links.PipedriveRecordLink",
         ],
         "connection-types": [
