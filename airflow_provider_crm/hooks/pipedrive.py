@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import requests
@@ -47,43 +48,72 @@ MAX_PAGE = 500
 
 @dataclass(frozen=True)
 class Entity:
-    """What the hook knows about one Pipedrive entity."""
+    """What the hook knows about one Pipedrive entity.
+
+    :param name: the entity's path segment (``deals``).
+    :param version: ``v1`` or ``v2``: the API version the hook uses for it.
+    :param id_type: ``int`` or ``str`` (leads have UUIDs).
+    :param pagination: ``cursor`` (v2), ``offset`` (v1) or ``none`` (one answer holds every record).
+    :param filters: list filters the endpoint accepts (``updated_since``, ``status``, ``sort_by`` ...).
+    :param search: whether ``/<entity>/search`` exists (v2).
+    :param fields_endpoint: the field-definitions endpoint (custom fields), if any.
+    :param read_only: no create, update or delete through this provider.
+    :param web_path: path of a record's page in the web app (``deal`` -> ``/deal/<id>``).
+    :param archived: a separate list of archived records exists (``/deals/archived``).
+    """
 
     name: str
     version: str  # "v1" | "v2"
     id_type: type  # int or str (UUID)
-    pagination: str  # "cursor" | "offset"
+    pagination: str  # "cursor" | "offset" | "none"
     filters: frozenset[str] = frozenset()
     search: bool = False
     fields_endpoint: str | None = None
     read_only: bool = False
     web_path: str | None = None
+    archived: bool = False
 
     @property
     def path(self) -> str:
         return f"/{self.name}"
 
+    @property
+    def incremental(self) -> bool:
+        """The list can be filtered by update time (``updated_since``)."""
+        return "updated_since" in self.filters
 
-_INCREMENTAL = frozenset({"updated_since", "updated_until", "sort_by", "sort_direction", "ids"})
+    @property
+    def server_side_until(self) -> bool:
+        """The API applies ``updated_until`` itself; otherwise the end is applied to ``update_time`` here."""
+        return "updated_until" in self.filters
+
+
+_SORT = frozenset({"sort_by", "sort_direction"})
+_INCREMENTAL = frozenset({"updated_since", "updated_until", "ids", "filter_id"}) | _SORT
 ENTITIES: dict[str, Entity] = {
     e.name: e
     for e in (
-        Entity("deals", "v2", int, "cursor", _INCREMENTAL | {"status", "pipeline_id", "stage_id", "owner_id"}, True,
-               "dealFields", web_path="deal"),
+        Entity("deals", "v2", int, "cursor",
+               _INCREMENTAL | {"status", "pipeline_id", "stage_id", "owner_id", "person_id", "org_id"}, True,
+               "dealFields", web_path="deal", archived=True),
         Entity("persons", "v2", int, "cursor", _INCREMENTAL | {"owner_id", "org_id"}, True, "personFields",
                web_path="person"),
         Entity("organizations", "v2", int, "cursor", _INCREMENTAL | {"owner_id"}, True, "organizationFields",
                web_path="organization"),
-        Entity("activities", "v2", int, "cursor", _INCREMENTAL | {"deal_id", "person_id", "done"}, False,
+        Entity("activities", "v2", int, "cursor",
+               _INCREMENTAL | {"deal_id", "lead_id", "person_id", "org_id", "owner_id", "done"}, False,
                "activityFields", web_path="activity"),
-        Entity("products", "v2", int, "cursor", frozenset({"sort_by", "sort_direction", "ids"}), True,
+        # v2 products take updated_since but no updated_until: the end is applied to update_time here
+        Entity("products", "v2", int, "cursor", _SORT | {"updated_since", "ids", "owner_id", "filter_id"}, True,
                "productFields", web_path="product"),
-        Entity("pipelines", "v2", int, "cursor", read_only=True),
-        Entity("stages", "v2", int, "cursor", frozenset({"pipeline_id"}), read_only=True),
-        Entity("leads", "v1", str, "offset", frozenset({"updated_since", "sort", "archived_status"}), True,
+        Entity("pipelines", "v2", int, "cursor", _SORT, read_only=True),
+        Entity("stages", "v2", int, "cursor", _SORT | {"pipeline_id"}, read_only=True),
+        Entity("leads", "v1", str, "offset",
+               frozenset({"updated_since", "sort", "owner_id", "person_id", "organization_id", "filter_id"}), True,
                "dealFields", web_path="leads/inbox"),
-        Entity("notes", "v1", int, "offset", frozenset({"updated_since", "sort", "deal_id", "person_id", "org_id"})),
-        Entity("users", "v1", int, "offset", read_only=True),
+        Entity("notes", "v1", int, "offset",
+               frozenset({"updated_since", "sort", "deal_id", "person_id", "org_id", "lead_id", "user_id"})),
+        Entity("users", "v1", int, "none", read_only=True),
     )
 }
 # standard fields a write may carry besides those the field definitions list
@@ -97,6 +127,31 @@ _STANDARD_FIELDS = frozenset({
     "notes", "add_time", "update_time", "user_id", "pinned_to_deal_flag", "pinned_to_person_flag",
 })
 _CUSTOM_FIELDS_IN_V2 = {"deals", "persons", "organizations", "products", "activities"}
+
+
+def rotated_token_variable(conn_id: str) -> str:
+    """The Airflow Variable where a rotated OAuth refresh token of ``conn_id`` is kept."""
+    return f"pipedrive_oauth_refresh_token__{conn_id}"
+
+
+def _read_rotated_refresh_token(conn_id: str) -> str | None:
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(rotated_token_variable(conn_id), default=None)
+    except Exception:  # no API server to ask (outside a task), or no such variable
+        return None
+    return str(value) if value else None
+
+
+def _mask(secret: str) -> None:
+    """Have Airflow redact ``secret`` from task logs."""
+    try:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+    except Exception:  # logging not configured by Airflow (plain Python use)
+        pass
 
 
 def entity_info(name: str) -> Entity:
@@ -340,8 +395,16 @@ class PipedriveHook(BaseHook):
 
     @property
     def web_url(self) -> str:
+        """The web app's address for people: the company domain, else a company host (``host`` or the
+        OAuth answer's ``api_domain``), else ``https://app.pipedrive.com``, which opens the signed-in
+        user's company."""
         domain = self.settings["company_domain"]
-        return f"https://{domain}.pipedrive.com" if domain else "https://app.pipedrive.com"
+        if domain:
+            return f"https://{domain}.pipedrive.com"
+        netloc = urlparse(self.settings["base_url"]).netloc.lower()
+        if netloc.endswith(".pipedrive.com") and netloc.split(".")[0] not in ("api", "oauth", "app"):
+            return f"https://{netloc}"
+        return "https://app.pipedrive.com"
 
     def record_url(self, entity: str, record_id: Any) -> str | None:
         info = ENTITIES.get(entity)
@@ -357,47 +420,86 @@ class PipedriveHook(BaseHook):
                 self._refresh_access_token()
             return {"Authorization": f"Bearer {self._access_token}"}
 
+    def _refresh_candidates(self) -> list[str]:
+        """Refresh tokens to try, newest first: the one rotated in this task, the one an earlier task
+        stored in the rotation Variable, the connection's."""
+        stored = _read_rotated_refresh_token(self.pipedrive_conn_id)
+        found = [t for t in (self._refresh_token, stored, self.settings["refresh_token"]) if t]
+        return list(dict.fromkeys(found))
+
     def _refresh_access_token(self) -> None:
         s = self.settings
-        refresh = self._refresh_token or s["refresh_token"]
-        try:
-            resp = self.session.post(
-                s["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": refresh},
-                auth=(s["client_id"], s["client_secret"]), timeout=self.timeout,
-            )
-        except requests.RequestException as err:
-            raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})", service="pipedrive") from None
-        self._accept_token_answer(resp, refresh)
+        resp: Any = None
+        for refresh in self._refresh_candidates():
+            try:
+                resp = self.session.post(
+                    s["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": refresh},
+                    auth=(s["client_id"], s["client_secret"]), timeout=self.timeout,
+                )
+            except requests.RequestException as err:
+                raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
+                                           service="pipedrive") from None
+            if resp.status_code in (400, 401) and refresh != s["refresh_token"]:
+                continue  # a stale stored token: fall back to an older source
+            self._accept_token_answer(resp, refresh)
+            return
+        self._accept_token_answer(resp, "")
 
-    def _accept_token_answer(self, resp: Any, refresh: str) -> None:
+    def _accept_token_answer(self, resp: Any, refresh: str) -> bool:
+        """Take a token answer; returns True when Pipedrive rotated the refresh token (the caller stores it)."""
         s = self.settings
         if resp.status_code >= 500:
             raise CrmTransientApiError("OAuth endpoint error", service="pipedrive", status=resp.status_code)
         if resp.status_code != 200:
             raise CrmAuthError(
                 f"OAuth refresh refused for connection {self.pipedrive_conn_id!r}: check client_id, client_secret "
-                "and refresh_token (a refresh token that was rotated away no longer works)",
+                f"and refresh_token (a refresh token that was rotated away no longer works; the latest one is kept "
+                f"in the Airflow Variable {rotated_token_variable(self.pipedrive_conn_id)!r} when tasks could "
+                "store it; otherwise re-authorise the app to get a new one)",
                 service="pipedrive", status=resp.status_code,
             )
         body = resp.json()
-        self._access_token = body["access_token"]
+        self._access_token = str(body["access_token"])
+        _mask(self._access_token)
         self._access_expires = time.time() + float(body.get("expires_in") or 3600)
         if body.get("api_domain") and not s["host_given"]:
             s["base_url"] = str(body["api_domain"]).rstrip("/")
         new_refresh = body.get("refresh_token")
         if new_refresh and new_refresh != refresh:
-            self._refresh_token = new_refresh
-            self._store_rotated_refresh_token(new_refresh)
+            _mask(str(new_refresh))
+            self._refresh_token = str(new_refresh)
+            self._store_rotated_refresh_token(str(new_refresh))
+            return True
+        return False
 
     def _store_rotated_refresh_token(self, new_refresh: str) -> None:
-        """Refresh tokens rotate: keep the new one where the deployment allows it."""
-        # Airflow 3's task SDK gives tasks no write access to connections; environment variables and
-        # secrets backends are read-only from here. Say what to do without printing the secret.
-        self.log.warning(
-            "Pipedrive rotated the OAuth refresh token of connection %r. It is kept for this task; "
-            "update the connection's 'refresh_token' extra with the token Pipedrive now issues (re-authorise "
-            "the app) if the old one stops working.",
-            self.pipedrive_conn_id,
+        """Refresh tokens rotate: keep the new one where the next task finds it.
+
+        Airflow 3's task SDK gives a task no write access to connections (secrets backends and
+        ``AIRFLOW_CONN_*`` variables are read-only anyway), but it may set Variables through the API
+        server. The new token goes to the Variable :func:`rotated_token_variable` names (its key holds
+        "token", so Airflow masks it); every Pipedrive hook tries it before the connection's
+        ``refresh_token`` extra. The token itself is never logged.
+        """
+        key = rotated_token_variable(self.pipedrive_conn_id)
+        try:
+            from airflow.sdk import Variable
+
+            Variable.set(key, new_refresh, description=(
+                f"Latest OAuth refresh token of Pipedrive connection {self.pipedrive_conn_id!r}, rotated by "
+                "Pipedrive and stored by airflow-provider-crm; tried before the connection's refresh_token extra."))
+        except Exception as err:  # outside a task, or the API server refused
+            self.log.warning(
+                "Pipedrive rotated the OAuth refresh token of connection %r. It is kept for the rest of this task "
+                "but could not be stored in Variable %r (%s). The connection's 'refresh_token' extra may stop "
+                "working: if it does, re-authorise the Pipedrive app and put the refresh token it issues in that "
+                "extra.", self.pipedrive_conn_id, key, type(err).__name__,
+            )
+            return
+        self.log.info(
+            "Pipedrive rotated the OAuth refresh token of connection %r; the new one is stored in the Airflow "
+            "Variable %r and used by the next tasks. Copy it from there into the connection's 'refresh_token' "
+            "extra if you manage connections elsewhere.", self.pipedrive_conn_id, key,
         )
 
     # -- requests ----------------------------------------------------------------------------------
@@ -411,10 +513,11 @@ class PipedriveHook(BaseHook):
         what = f"{method} /api/{version}{path}"
         resp: requests.Response | None = None
         for attempt in (1, 2):
+            # auth first: an OAuth refresh may move the base URL to the answer's api_domain
+            headers = self._auth_headers(force_refresh=attempt == 2)
             try:
                 resp = self.session.request(method, self._url(version, path), params=params, json=json_body,
-                                            headers=self._auth_headers(force_refresh=attempt == 2),
-                                            timeout=self.timeout)
+                                            headers=headers, timeout=self.timeout)
             except requests.Timeout:
                 raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
             except requests.ConnectionError as err:
@@ -454,8 +557,12 @@ class PipedriveHook(BaseHook):
     # -- pagination --------------------------------------------------------------------------------
     def paginate(self, version: str, path: str, params: dict[str, Any] | None = None, page_size: int = MAX_PAGE,
                  style: str | None = None) -> Iterator[dict[str, Any]]:
-        """Yield items of a list endpoint: cursor pagination (v2) or offset pagination (v1)."""
+        """Yield items of a list endpoint: cursor pagination (v2), offset pagination (v1), or ``none``
+        for the few endpoints that answer with everything at once (``/v1/users``)."""
         style = style or ("cursor" if version == "v2" else "offset")
+        if style == "none":
+            yield from self.request("GET", version, path, params=params or None).get("data") or []
+            return
         params = {**(params or {}), "limit": min(page_size, MAX_PAGE)}
         while True:
             body = self.request("GET", version, path, params=params)
@@ -516,13 +623,18 @@ class PipedriveHook(BaseHook):
         info = entity_info(entity)
         return self.request("GET", info.version, f"{info.path}/{record_id}")["data"]
 
-    def iter_records(self, entity: str, **filters: Any) -> Iterator[dict[str, Any]]:
+    def iter_records(self, entity: str, *, archived: bool = False, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Yield every record of ``entity`` matching ``filters`` (checked against the entity registry),
+        page by page. ``archived=True`` reads the separate list of archived records (deals)."""
         info = entity_info(entity)
         unknown = set(filters) - info.filters - {"limit"}
         if unknown:
             raise CrmInputError(f"{entity}: unsupported filter(s) {sorted(unknown)}; supported: {sorted(info.filters)}")
+        if archived and not info.archived:
+            raise CrmInputError(f"{entity} have no archived list; only {[e for e in ENTITIES if ENTITIES[e].archived]}")
         params = {k: v for k, v in filters.items() if v is not None}
-        yield from self.paginate(info.version, info.path, params, style=info.pagination)
+        path = f"{info.path}/archived" if archived else info.path
+        yield from self.paginate(info.version, path, params, style=info.pagination)
 
     def create(self, entity: str, data: dict[str, Any], key_field: str | None = None) -> dict[str, Any]:
         """Create a record. With ``key_field``, a create whose answer was lost is found by that key
@@ -638,15 +750,21 @@ class PipedriveAsyncHook(PipedriveHook):
         if s["auth_type"] == "token":
             return {"x-api-token": s["token"]}
         if force_refresh or not self._access_token or time.time() > self._access_expires - 60:
-            refresh = self._refresh_token or s["refresh_token"]
-            try:
-                resp = await client.post(s["oauth_token_url"],
-                                         data={"grant_type": "refresh_token", "refresh_token": refresh},
-                                         auth=(s["client_id"], s["client_secret"]))
-            except httpx.TransportError as err:
-                raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
-                                           service="pipedrive") from None
-            self._accept_token_answer(resp, refresh)
+            # reading and storing the rotation Variable are blocking calls: off the event loop
+            resp: Any = None
+            refresh = ""
+            for refresh in await asyncio.to_thread(self._refresh_candidates):
+                try:
+                    resp = await client.post(s["oauth_token_url"],
+                                             data={"grant_type": "refresh_token", "refresh_token": refresh},
+                                             auth=(s["client_id"], s["client_secret"]))
+                except httpx.TransportError as err:
+                    raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
+                                               service="pipedrive") from None
+                if resp.status_code in (400, 401) and refresh != s["refresh_token"]:
+                    continue
+                break
+            await asyncio.to_thread(self._accept_token_answer, resp, refresh)
         return {"Authorization": f"Bearer {self._access_token}"}
 
     async def aget(self, entity: str, record_id: Any) -> dict[str, Any]:
@@ -657,9 +775,9 @@ class PipedriveAsyncHook(PipedriveHook):
         await self.limiter.before_request_async(kind="read", cost=pipedrive_token_cost("GET", path, info.version))
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
+                headers = await self._aauth_headers(client, force_refresh=attempt == 2)
                 try:
-                    resp = await client.get(f"{s['base_url']}/api/{info.version}{path}",
-                                            headers=await self._aauth_headers(client, force_refresh=attempt == 2))
+                    resp = await client.get(f"{s['base_url']}/api/{info.version}{path}", headers=headers)
                 except httpx.TimeoutException:
                     raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
                 except httpx.TransportError as err:

@@ -191,6 +191,39 @@ def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
     return True
 
 
+def _parse_update_time(value: Any) -> datetime | None:
+    """``update_time`` in v2 (RFC 3339), v1 (``YYYY-MM-DD HH:MM:SS`` UTC) or leads (with milliseconds)."""
+    if not value:
+        return None
+    text = str(value).strip().replace(" ", "T").replace("Z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _updated_at_or_after(record: dict[str, Any], until: datetime) -> bool:
+    moment = _parse_update_time(record.get("update_time"))
+    return moment is not None and moment.replace(microsecond=0) >= until
+
+
+def _unique_ids(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Offset pages can shift when a record enters the filtered set mid-export: never emit one twice."""
+    seen: set[Any] = set()
+    for record in records:
+        if record.get("id") in seen:
+            continue
+        seen.add(record.get("id"))
+        yield record
+
+
+def _v1_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _rfc3339(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
@@ -209,6 +242,8 @@ class PipedriveExportOperator(_PipedriveOperator):
     :param fmt: ``jsonl`` or ``csv``.
     :param full: ignore the data interval.
     :param include_deleted: add deals deleted in the interval as ``{"id", "_deleted": true, ...}`` rows.
+    :param include_archived: add archived deals (``GET /api/v2/deals`` leaves them out) with
+        ``"_archived": true``; without it a deal archived in the interval does not appear in the export.
     :param rename_custom_fields: custom fields by name (True) or by hash key.
     :param option_labels: option ids as labels.
     :param slices: split the interval into this many time slices fetched in parallel.
@@ -219,7 +254,8 @@ class PipedriveExportOperator(_PipedriveOperator):
     template_fields: Sequence[str] = ("entity", "path", "fmt")
 
     def __init__(self, *, entity: str, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
-                 include_deleted: bool = False, rename_custom_fields: bool = True, option_labels: bool = True,
+                 include_deleted: bool = False, include_archived: bool = False, rename_custom_fields: bool = True,
+                 option_labels: bool = True,
                  slices: int = 1, fieldnames: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.entity = entity
@@ -227,6 +263,7 @@ class PipedriveExportOperator(_PipedriveOperator):
         self.fmt = fmt
         self.full = full
         self.include_deleted = include_deleted
+        self.include_archived = include_archived
         self.rename_custom_fields = rename_custom_fields
         self.option_labels = option_labels
         self.slices = slices
@@ -235,22 +272,28 @@ class PipedriveExportOperator(_PipedriveOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         info = entity_info(self.entity)
         start, end = (None, None) if self.full else data_interval(context)
-        if start is not None and "updated_since" not in info.filters:
+        if start is not None and not info.incremental:
             raise CrmInputError(f"{self.entity} has no updated_since filter: export it with full=True")
+        if (self.include_deleted or self.include_archived) and self.entity != "deals":
+            raise CrmInputError(f"include_deleted / include_archived apply to deals only, not {self.entity}")
         if end is not None and end > datetime.now(timezone.utc):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
         fmap = self.hook.field_map(self.entity) if self.rename_custom_fields and info.fields_endpoint else None
-        counts = {"records": 0, "deleted": 0}
+        counts = {"records": 0, "deleted": 0, "archived": 0}
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer:
             for record in self._records(start, end):
                 deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
+                archived = bool(record.get("is_archived"))
                 if fmap is not None:
                     record = fmap.rename_record(record, labels=self.option_labels)
                 if deleted:
                     record["_deleted"] = True
                     counts["deleted"] += 1
+                elif archived and self.include_archived:
+                    record["_archived"] = True
+                    counts["archived"] += 1
                 writer.write(record)
                 if writer.count % 5000 == 0:
                     self.log.info("%d %s written", writer.count, self.entity)
@@ -263,18 +306,35 @@ class PipedriveExportOperator(_PipedriveOperator):
         info = entity_info(self.entity)
         filters: dict[str, Any] = {}
         if start is not None:
-            filters["updated_since"] = _rfc3339(start) if info.version == "v2" else start.strftime("%Y-%m-%d %H:%M:%S")
-        if end is not None and "updated_until" in info.filters:
+            filters["updated_since"] = _rfc3339(start) if info.version == "v2" else _v1_time(start)
+        if end is not None and info.server_side_until:
             filters["updated_until"] = _rfc3339(end)
         if "sort_by" in info.filters:
             filters.update({"sort_by": "update_time", "sort_direction": "asc"})
+        elif "sort" in info.filters:
+            # offset pages in id order: a record updated while we page stays where it was
+            filters["sort"] = "id ASC"
         if status:
             filters["status"] = status
         return filters
 
     def _slice_records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
+        records = self._fetch(start, end)
+        info = entity_info(self.entity)
+        if info.pagination == "offset":
+            records = _unique_ids(records)
+        if end is not None and not info.server_side_until:
+            # the API takes updated_since only (v1 leads and notes, v2 products): apply the half-open end
+            # here, at the same second precision, or a record updated after `end` would come out twice
+            until = end.astimezone(timezone.utc).replace(microsecond=0)
+            records = (r for r in records if not _updated_at_or_after(r, until))
+        yield from records
+
+    def _fetch(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
         yield from self.hook.iter_records(self.entity, **self._filters(start, end))
-        if self.include_deleted and self.entity == "deals":
+        if self.include_archived:
+            yield from self.hook.iter_records(self.entity, archived=True, **self._filters(start, end))
+        if self.include_deleted:
             yield from self.hook.iter_records(self.entity, **self._filters(start, end, "deleted"))
 
     def _records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:

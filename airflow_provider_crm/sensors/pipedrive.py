@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
 
 from airflow_provider_crm.common.context import push_link
 from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError
@@ -18,10 +24,19 @@ from airflow_provider_crm.triggers.pipedrive import PipedriveDealTrigger, deal_s
 STATUSES = ("open", "won", "lost")
 
 
+def _seconds(value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
 class PipedriveDealSensor(BaseSensorOperator):
     """Wait until a deal is in one of ``stage_ids`` or has one of ``statuses``.
 
-    Fails at once when the deal is deleted or closes in a status that is not a target.
+    Fails at once when the deal is deleted or closes in a status that is not a target (a deal that is
+    won or lost can no longer move to a target stage). Returns ``{"deal_id", "status", "stage_id"}``.
+    Deferred, the wait runs in the triggerer (:class:`PipedriveDealTrigger`) and ends after
+    ``timeout`` seconds like a poking sensor (skipped with ``soft_fail``).
 
     :param deal_id: the deal.
     :param stage_ids: target stage ids.
@@ -79,7 +94,8 @@ class PipedriveDealSensor(BaseSensorOperator):
             return info
         self.defer(trigger=PipedriveDealTrigger(int(self.deal_id), [str(s) for s in self.stage_ids],
                                                 list(self.statuses), self.pipedrive_conn_id,
-                                                poll_interval=float(self.poke_interval)),
+                                                poll_interval=_seconds(self.poke_interval) or 60.0,
+                                                timeout=_seconds(self.timeout) or None),
                    method_name="execute_complete")
 
     def poke(self, context: Any) -> PokeReturnValue:
@@ -93,5 +109,9 @@ class PipedriveDealSensor(BaseSensorOperator):
         if event.get("status") == "failure":
             raise AirflowFailException(f"deal {event['deal_id']} can no longer reach the target: "
                                        f"{event.get('message') or event.get('deal_status')}")
-        raise AirflowException(f"waiting for deal {self.deal_id} ended with {event.get('status')}: "
-                               f"{event.get('message')}")
+        what = f"waiting for deal {self.deal_id}"
+        if event.get("status") == "timeout":
+            if self.soft_fail:
+                raise AirflowSkipException(f"{what}: timed out ({event.get('message')}); skipping (soft_fail)")
+            raise AirflowSensorTimeout(f"{what}: timed out: {event.get('message')}")
+        raise AirflowException(f"{what} ended with {event.get('status')}: {event.get('message')}")
