@@ -35,6 +35,8 @@ PIPEFY_CONN_FIELDS: dict[str, Any] = {
                             type_="integer"),
     "rate_limit_store": _field("Rate-limit store", "Where processes share the limit: 'file' (default, one "
                                "machine), 'memory' (one process) or redis://host:6379/0 (many machines)."),
+    "web_url": _field("Web app URL", "Base URL of Pipefy's web app for the card and pipe links; default "
+                      "derived from the API URL (https://app.pipefy.com)."),
 }
 
 PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {
@@ -64,6 +66,7 @@ PIPEFY_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "oauth_token_url": "https://app.pipefy.com/oauth/token",
         "plan": "enterprise",
         "rate_limit_store": "file",
+        "web_url": "https://app.pipefy.com",
     },
 }
 

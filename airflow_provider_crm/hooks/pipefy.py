@@ -148,7 +148,7 @@ TABLE_RECORDS = parse(
 query TableRecords($id: ID!, $first: Int, $after: String) {
   table_records(table_id: $id, first: $first, after: $after) {
     pageInfo { hasNextPage endCursor }
-    edges { node { id title created_at updated_at record_fields { name value array_value field { id label type } } } }
+    edges { node { id title created_at updated_at record_fields { name value array_value date_value datetime_value float_value field { id label type } } } }
   }
 }"""
 )
@@ -157,7 +157,7 @@ FIND_RECORDS = parse(
 query FindRecords($tableId: ID!, $search: FindRecords!, $first: Int, $after: String) {
   findRecords(tableId: $tableId, search: $search, first: $first, after: $after) {
     pageInfo { hasNextPage endCursor }
-    edges { node { id title created_at updated_at record_fields { name value array_value field { id label type } } } }
+    edges { node { id title created_at updated_at record_fields { name value array_value date_value datetime_value float_value field { id label type } } } }
   }
 }"""
 )
@@ -184,6 +184,8 @@ mutation CreatePresignedUrl($input: CreatePresignedUrlInput!) { createPresignedU
 DELETE_TABLE_RECORD = parse(
     "mutation DeleteTableRecord($input: DeleteTableRecordInput!) { deleteTableRecord(input: $input) { success } }"
 )
+
+PERMISSION_HINT = "A service account must be added as a member of each pipe or table it reads or writes"
 
 _HTTP_ERROR_CLASSES: dict[int, type[CrmApiError]] = {
     403: CrmPermissionError,
@@ -222,11 +224,23 @@ def pipefy_error(errors: list[dict[str, Any]], data: Any = None, status: int | N
     cls = _ERROR_CLASSES.get(upper)
     if cls is None:
         cls = {"ResourceNotFoundError": CrmNotFoundError}.get(str(first.get("type")), CrmPermanentApiError)
-    hint = None
-    if cls is CrmPermissionError:
-        hint = "A service account must be added as a member of each pipe or table it reads or writes"
+    hint = PERMISSION_HINT if cls is CrmPermissionError else None
     return cls(message, service="pipefy", status=status, code=code, correlation_id=correlation_id, data=data,
                hint=hint)
+
+
+def named_error(err: CrmApiError, what: str) -> CrmApiError:
+    """The same error, its message prefixed with what was being done (``card 123``, ``pipe 301``):
+    the service's own message, code and correlation id stay, ``api_message`` stays the service's."""
+    if what and str(err.api_message).startswith(what):
+        return err
+    hint = PERMISSION_HINT if isinstance(err, CrmPermissionError) else None
+    new = type(err).__new__(type(err))
+    CrmApiError.__init__(new, f"{what}: {err.api_message}", service=err.service, status=err.status, code=err.code,
+                         correlation_id=err.correlation_id, data=err.data, hint=hint)
+    new.__dict__.update({k: v for k, v in err.__dict__.items() if k not in new.__dict__})
+    new.api_message = err.api_message
+    return new
 
 
 # --- values ---------------------------------------------------------------------------------------
@@ -297,16 +311,54 @@ def to_pipefy_value(field: dict[str, Any], value: Any) -> Any:
     return str(value)
 
 
+_MACHINE_KEYS = {"number": "float_value", "currency": "float_value", "date": "date_value",
+                 "datetime": "datetime_value", "due_date": "datetime_value",
+                 **dict.fromkeys(_LIST_TYPES, "array_value")}
+
+
+def machine_value(item: dict[str, Any]) -> Any:
+    """The machine-readable value of a card or record field as read (``array_value`` for lists,
+    ``float_value`` for numbers, ``date_value`` / ``datetime_value`` for dates), else its text."""
+    ftype = (item.get("field") or {}).get("type")
+    key = _MACHINE_KEYS.get(str(ftype))
+    if key is not None and item.get(key) is not None:
+        return item[key]
+    if ftype is None:  # type unknown: the first machine value present
+        for key in ("array_value", "float_value", "date_value", "datetime_value"):
+            if item.get(key) is not None:
+                return item[key]
+    return item.get("value")
+
+
+def same_value(field: dict[str, Any], have: Any, wanted: Any) -> bool:
+    """Whether a field's current machine value equals a value in write format (to skip no-op updates)."""
+    if wanted is None or have is None:
+        return wanted is None and have in (None, "", [])
+    ftype = field.get("type")
+    if isinstance(wanted, list):
+        return sorted(map(str, have if isinstance(have, list) else [have])) == sorted(map(str, wanted))
+    if ftype in ("number", "currency"):
+        try:
+            return Decimal(str(have)) == Decimal(str(wanted))
+        except ArithmeticError:
+            return False
+    if ftype in ("datetime", "due_date"):
+        try:
+            a = datetime.fromisoformat(str(have).replace("Z", "+00:00"))
+            b = datetime.fromisoformat(str(wanted).replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return a.replace(tzinfo=a.tzinfo or timezone.utc) == b.replace(tzinfo=b.tzinfo or timezone.utc)
+    return str(have) == str(wanted)
+
+
 def flatten_card_fields(card: dict[str, Any]) -> dict[str, Any]:
-    """Card fields by label (and by id), keeping machine-readable values beside the display value."""
+    """Card (or record) fields by label and by id holding the machine-readable value, plus
+    ``<field id>__display`` holding the display text Pipefy shows."""
     out: dict[str, Any] = {}
-    for item in card.get("fields") or []:
+    for item in card.get("fields") or card.get("record_fields") or []:
         field = item.get("field") or {}
-        machine = next(
-            (item[k] for k in ("array_value", "datetime_value", "date_value", "float_value") if item.get(k) is not None),
-            None,
-        )
-        value = machine if machine is not None else item.get("value")
+        value = machine_value(item)
         for key in filter(None, (field.get("label") or item.get("name"), field.get("id"))):
             out[key] = value
         out[f"{field.get('id') or item.get('name')}__display"] = item.get("value")
@@ -498,18 +550,24 @@ class PipefyHook(BaseHook):
     def execute(self, document: DocumentNode, variables: dict[str, Any] | None = None, *, write: bool = False,
                 description: str = "") -> dict[str, Any]:
         """Run one GraphQL document (reads and idempotent writes are retried on transient errors)."""
-        return call_with_retries(
-            lambda: self._post_once(document, variables or {}, "write" if write else "read"),
-            idempotent=True, description=description or "pipefy request", stats=self.limiter.stats,
-        )
+        description = description or "pipefy request"
+        try:
+            return call_with_retries(
+                lambda: self._post_once(document, variables or {}, "write" if write else "read"),
+                idempotent=True, description=description, stats=self.limiter.stats,
+            )
+        except CrmApiError as err:
+            raise named_error(err, description) from None
 
     def paginate(self, document: DocumentNode, variables: dict[str, Any], path: list[str]) -> Iterator[dict[str, Any]]:
         """Yield nodes of a Relay connection at ``path`` in the answer, page by page."""
         after: str | None = None
         page = 0
+        ident = next((variables[k] for k in ("id", "pipeId", "tableId") if k in variables), None)
+        what = f"{path[0]} of {ident}" if ident is not None else path[0]
         while True:
             data = self.execute(document, {**variables, "first": PAGE_SIZE, "after": after},
-                                description=f"{path[0]} page {page + 1}")
+                                description=f"{what} page {page + 1}")
             connection: Any = data
             for key in path:
                 connection = (connection or {}).get(key)
@@ -652,8 +710,11 @@ class PipefyHook(BaseHook):
         def create() -> dict[str, Any]:
             return self._post_once(CREATE_CARD, {"input": card_input}, "write")["createCard"]["card"]
 
-        return call_with_retries(create, idempotent=False, lookup=lookup, description=f"createCard in pipe {pipe_id}",
-                                 stats=self.limiter.stats)
+        try:
+            return call_with_retries(create, idempotent=False, lookup=lookup,
+                                     description=f"createCard in pipe {pipe_id}", stats=self.limiter.stats)
+        except CrmApiError as err:
+            raise named_error(err, f"createCard in pipe {pipe_id}") from None
 
     def update_card(self, card_id: str | int, *, pipe_id: str | int | None = None,
                     fields: dict[str, Any] | None = None, **card_attributes: Any) -> dict[str, Any]:
@@ -741,8 +802,11 @@ class PipefyHook(BaseHook):
             data = self._post_once(CREATE_TABLE_RECORD, {"input": record_input}, "write")
             return data["createTableRecord"]["table_record"]
 
-        return call_with_retries(create, idempotent=False, lookup=lookup,
-                                 description=f"createTableRecord in table {table_id}", stats=self.limiter.stats)
+        try:
+            return call_with_retries(create, idempotent=False, lookup=lookup,
+                                     description=f"createTableRecord in table {table_id}", stats=self.limiter.stats)
+        except CrmApiError as err:
+            raise named_error(err, f"createTableRecord in table {table_id}") from None
 
     def update_table_record(self, record_id: str | int, *, table_id: str | int | None = None,
                             fields: dict[str, Any] | None = None, **attributes: Any) -> dict[str, Any]:

@@ -15,7 +15,14 @@ from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFo
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
-from airflow_provider_crm.hooks.pipefy import PAGE_SIZE, PipefyHook, flatten_card_fields, to_pipefy_value
+from airflow_provider_crm.hooks.pipefy import (
+    PAGE_SIZE,
+    PipefyHook,
+    flatten_card_fields,
+    machine_value,
+    same_value,
+    to_pipefy_value,
+)
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
 
 
@@ -254,7 +261,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     :param rows: a list of dicts, an XCom (templated), or a JSON Lines / CSV file (ObjectStoragePath or URL).
     :param key_field: the field (id or label) whose value identifies a card; its column must be in every row.
     :param field_map: row column -> field id or label; by default columns are used as field ids or labels.
-    :param title_column: row column to use as the card title.
+    :param title_column: row column to use as the card title (also written to the field of that
+        name or label, if the pipe has one).
     :param phase: phase (id or name) to move created or updated cards to.
     :param rejects_path: JSON Lines file for rows that failed, with the error.
     :param max_failure_ratio: fail the task when more than this fraction of rows failed (0: any failure).
@@ -313,12 +321,20 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows = list(read_rows(source))
         return iter(rows), len(rows)
 
+    def _is_field(self, meta: list[dict[str, Any]], column: str) -> bool:
+        """Whether a column (the title column) also names a field: then it is written to both."""
+        try:
+            self.hook.resolve_field(meta, self.field_map.get(column, column), f"pipe {self.pipe_id}")
+        except CrmInputError:
+            return False
+        return True
+
     def _upsert_row(self, row: dict[str, Any], key: dict[str, Any], key_column: str, meta: list[dict[str, Any]],
                     target: dict[str, Any] | None) -> tuple[str, str]:
         if row.get(key_column) in (None, ""):
             raise CrmInputError(f"key column {key_column!r} is empty")
         values = {self.field_map.get(col, col): val for col, val in row.items()
-                  if col != self.title_column and val is not None}
+                  if val is not None and (col != self.title_column or self._is_field(meta, col))}
         for name in values:
             self.hook.resolve_field(meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
         key_value = to_pipefy_value(key, row[key_column])
@@ -330,15 +346,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
             changed = {}
             for name, value in values.items():
                 field = self.hook.resolve_field(meta, name, f"pipe {self.pipe_id}")
-                wanted = to_pipefy_value(field, value)
                 have = current.get(field["id"])
-                have_value = None
-                if have is not None:
-                    have_value = have.get("array_value") if isinstance(wanted, list) else (
-                        have.get("date_value") or have.get("datetime_value") or
-                        (format(have["float_value"], "f") if have.get("float_value") is not None else None) or
-                        have.get("value"))
-                if not _same(have_value, wanted):
+                if not same_value(field, machine_value(have) if have else None, to_pipefy_value(field, value)):
                     changed[name] = value
             attrs = {"title": title} if title and title != card.get("title") else {}
             if changed or attrs:
@@ -358,17 +367,6 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         if target is not None and str(phase_now) != str(target["id"]):
             self.hook.move_card(card_id, target["id"])
         return outcome, str(card_id)
-
-
-def _same(have: Any, wanted: Any) -> bool:
-    if isinstance(wanted, list):
-        return sorted(map(str, have or [])) == sorted(map(str, wanted))
-    if have is None:
-        return wanted is None
-    try:
-        return float(have) == float(wanted)
-    except (TypeError, ValueError):
-        return str(have)[: len(str(wanted))] == str(wanted) if "T" in str(wanted) else str(have) == str(wanted)
 
 
 class PipefyExportCardsOperator(_PipefyOperator):
@@ -477,7 +475,7 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
     """Export the records of a Pipefy database table to JSON Lines or CSV (streamed, atomic).
 
     One row per record: ``id``, ``title``, ``created_at``, ``updated_at``, then each field by label
-    and by id (lists as lists). Incremental on ``updated_at`` by the run's data interval unless
+    and by id with its machine-readable value, and ``<field id>__display`` with the display text. Incremental on ``updated_at`` by the run's data interval unless
     ``full`` (Pipefy cannot filter records by date, so every page is read and filtered here).
 
     :param table_id: the table.
@@ -511,7 +509,8 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
         if self.fmt == "csv":
             columns = list(RECORD_COLUMNS)
             for field in table["table_fields"]:
-                columns += [name for name in (field["label"], field["id"]) if name not in columns]
+                names = (field["label"], field["id"], f"{field['id']}__display")
+                columns += [name for name in names if name not in columns]
         with open_export_writer(self.path, self.fmt, fieldnames=columns) as writer:
             for record in hook.iter_table_records(self.table_id):
                 if start is not None and not _updated_within(record, start, end):
@@ -530,9 +529,5 @@ RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")
 def record_row(record: dict[str, Any]) -> dict[str, Any]:
     """A table record as an export row: attributes, then each field by label and by id."""
     row = {k: record.get(k) for k in RECORD_COLUMNS}
-    for item in record.get("record_fields") or []:
-        field = item.get("field") or {}
-        value = item.get("array_value") if item.get("array_value") is not None else item.get("value")
-        for key in filter(None, (field.get("label") or item.get("name"), field.get("id"))):
-            row[key] = value
+    row.update(flatten_card_fields(record))
     return row

@@ -1,22 +1,37 @@
-"""Emulated Pipedrive REST API (v2 core entities, v1 leads/notes/users/mailbox, OAuth).
+"""Emulated Pipedrive REST API: v2 core entities, v1 leads/notes/users/mailbox/recents, OAuth.
 
-Routes under ``/pipedrive``: ``/api/v2/{deals,persons,organizations,activities,products,pipelines,stages}``
-(+ ``/{entity}/search``, ``/itemSearch``, ``/deals/archived``, ``/{entity}Fields``), ``/api/v1/leads``,
-``/api/v1/notes``, ``/api/v1/users/me``, ``/api/v1/recents``, ``/api/v1/mailbox/...``, ``/api/v1/*Fields``,
-``POST /oauth/token``, and ``GET /_state/{entity}`` (no auth, every record including deleted, for tests).
+Routes under ``/pipedrive``:
 
-Limits per token: the plan's burst per 2 s, search 10 / 2 s, 10,000 POST/PUT per day (API token),
-the company's daily token budget charged by endpoint cost. ``x-ratelimit-*`` headers on every answer.
+- ``/api/v2/{deals,persons,organizations,activities,products,pipelines,stages}`` list/get/POST/PATCH/DELETE,
+  ``/api/v2/deals/archived``, ``/api/v2/{deals,persons,organizations,products,leads}/search``,
+  ``/api/v2/itemSearch`` and ``/api/v2/{deal,person,organization,product,activity}Fields``;
+- ``/api/v1/leads`` (+ ``/archived``), ``/api/v1/notes``, ``/api/v1/users`` and ``/users/me``,
+  ``/api/v1/recents``, ``/api/v1/mailbox/mailThreads`` (+ ``/{id}/mailMessages``), ``/api/v1/*Fields``;
+  the v1 endpoints of the v2 entities answer 410 (out of support since 2026-08-01);
+- ``POST /oauth/token`` (refresh-token grant, HTTP Basic client credentials, rotating refresh tokens);
+- ``GET /_state/{entity}`` (no auth: every record of an entity including deleted ones, v2 shape;
+  ``leads`` and ``notes`` in v1 shape, ``mailThreads`` too) and ``GET|PATCH /_state/settings``
+  (``{"deal_limit": n}``: creating a deal beyond ``n`` live deals answers 403 like a capped plan;
+  ``{"daily_token_budget": n}``: the company's daily token budget, instead of 30,000 x plan x seats).
+
+Limits per token: the plan's burst per rolling 2 s (by auth type), search 10 / 2 s, 10,000 POST/PUT
+per UTC day (API token), and the company's daily token budget (30,000 x plan multiplier x seats)
+charged by each endpoint's ``x-token-cost``; ``x-ratelimit-*`` and budget headers on every
+authenticated answer; ``429 {"success": false, "error": "request over limit", "errorCode": 429}``.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
+import bisect
 import json
+import math
+import re
 import secrets
-import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,604 +43,1163 @@ from airflow_provider_crm.common.ratelimit import pipedrive_token_cost
 from airflow_provider_crm.sandbox.core import (
     DEFAULT_PIPEDRIVE_CLIENT,
     DEFAULT_PIPEDRIVE_REFRESH_TOKEN,
+    DEFAULT_PIPEDRIVE_TOKEN,
     SandboxState,
     SlidingWindow,
     token_key,
 )
+from airflow_provider_crm.sandbox.pipedrive_data import (
+    ARCHIVED,
+    DAY,
+    DELETED,
+    GONE,
+    SEARCHABLE_TYPES,
+    STATUSES,
+    USERS,
+    PipedriveData,
+)
 
 BURST = {"lite": (20, 80), "growth": (40, 160), "premium": (100, 400), "ultimate": (120, 480)}
-ALIASES = {"essential": "lite", "advanced": "growth", "professional": "premium", "enterprise": "ultimate"}
+PLAN_ALIASES = {"essential": "lite", "advanced": "growth", "professional": "premium", "enterprise": "ultimate"}
 MULTIPLIER = {"lite": 1, "growth": 2, "premium": 5, "ultimate": 7}
-V2_ENTITIES = ("deals", "persons", "organizations", "activities", "products", "pipelines", "stages")
-INCREMENTAL = {"deals", "persons", "organizations", "activities"}
-FIELD_ENTITIES = {"dealFields": "deals", "personFields": "persons", "organizationFields": "organizations",
-                  "productFields": "products", "activityFields": "activities"}
+SEARCH_LIMIT = 10
+WINDOW_SECONDS = 2.0
+DAILY_WRITES = 10_000
+DAILY_TOKENS = 30_000
 MAX_LIMIT = 500
+V2_ENTITIES = ("deals", "persons", "organizations", "activities", "products", "pipelines", "stages")
+V1_ENTITIES = ("leads", "notes")
+INCREMENTAL = {"deals", "persons", "organizations", "activities"}
+FIELD_ENDPOINTS = {"dealFields": "deals", "personFields": "persons", "organizationFields": "organizations",
+                   "productFields": "products", "activityFields": "activities"}
+SEARCHABLE = {"deals", "persons", "organizations", "products", "leads"}
+SEARCH_FIELDS = {
+    "deals": ("title", "custom_fields", "notes"),
+    "persons": ("name", "email", "phone", "notes", "custom_fields"),
+    "organizations": ("name", "address", "notes", "custom_fields"),
+    "products": ("name", "code", "custom_fields"),
+    "leads": ("title", "notes", "custom_fields"),
+}
+ITEM_TYPES = {"deal": "deals", "person": "persons", "organization": "organizations", "product": "products",
+              "lead": "leads"}
+# query parameters that filter on a plain attribute of the record
+ATTRIBUTE_FILTERS = {
+    "deals": ("owner_id", "person_id", "org_id", "pipeline_id", "stage_id"),
+    "persons": ("owner_id", "org_id"),
+    "organizations": ("owner_id",),
+    "activities": ("owner_id", "deal_id", "person_id", "org_id", "done"),
+    "products": ("owner_id",),
+    "stages": ("pipeline_id",),
+    "pipelines": (),
+    "leads": ("owner_id", "person_id", "organization_id"),
+    "notes": ("user_id", "deal_id", "person_id", "org_id", "lead_id"),
+}
+REQUIRED = {"deals": "title", "persons": "name", "organizations": "name", "products": "name",
+            "activities": "subject", "pipelines": "name", "stages": "name", "leads": "title", "notes": "content"}
+READ_ONLY_KEYS = {"id", "add_time", "update_time", "is_deleted", "custom_fields", "creator_user_id"}
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:\d{2})$")
+V1_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}Z?$")
+# Keys the published schemas declare nullable; any other key whose value is unknown (None) is left out
+# of an answer, so that answers validate against the specs (clients must read them with .get()).
+NULLABLE = {
+    "deals": {"acv", "arr", "channel", "channel_id", "close_time", "lost_reason", "mrr", "origin_id", "probability",
+              "source_lead_id", "archive_time"},
+    "organizations": {"annual_revenue", "employee_count", "industry", "linkedin", "website"},
+    "stages": {"days_to_rotten"},
+    "leads": {"channel", "channel_id", "expected_close_date", "next_activity_id", "organization_id", "origin_id",
+              "person_id", "source_deal_id", "value"},
+}
+UNAUTHORIZED = {"success": False, "error": "unauthorized access", "errorCode": 401,
+                "error_info": "Please check developers.pipedrive.com"}
 
 
-def _rfc3339(ts: float) -> str:
+def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _v1_time(ts: float) -> str:
+def v1_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _parse_time(text: str) -> float:
-    text = text.strip().replace(" ", "T")
-    if not text.endswith("Z") and "+" not in text[10:]:
-        text += "Z"
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def lead_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def _hash_key(seed: int, name: str) -> str:
-    return hashlib.sha1(f"{seed}:{name}".encode()).hexdigest()  # 40 hex characters, like Pipedrive's keys
+def parse_time(text: str, version: str) -> int:
+    """Seconds since the epoch of an ``updated_since``-style value; ValueError when malformed.
+
+    v2 takes RFC 3339 without fractions only; v1 also takes ``YYYY-MM-DD HH:MM:SS`` (UTC).
+    """
+    text = text.strip()
+    if not (RFC3339.match(text) or (version == "v1" and V1_TIME.match(text))):
+        raise ValueError(text)
+    parsed = datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp())
 
 
 def error(status: int, message: str, info: str = "", **extra: Any) -> JSONResponse:
+    """An error in Pipedrive's envelope."""
     body = {"success": False, "error": message, "error_info": info or "Please check developers.pipedrive.com",
             "data": None, "additional_data": None, **extra}
     return JSONResponse(body, status_code=status)
 
 
-class PipedriveData:
-    """Records per entity, seeded deterministically; times follow the sandbox clock."""
+def not_found() -> JSONResponse:
+    return error(404, "Entity was not found", "Object was not found.")
 
-    def __init__(self, state: SandboxState) -> None:
-        self.state = state
-        cfg = state.config
-        self.records: dict[str, dict[Any, dict[str, Any]]] = {e: {} for e in (*V2_ENTITIES, "leads", "notes")}
-        self.next_id: dict[str, int] = {}
-        self.threads: list[dict[str, Any]] = []
-        self.messages: dict[int, list[dict[str, Any]]] = {}
-        self.deal_limit: int | None = None
-        self.version = 0  # bumped by every write; list results are cached per (query, version)
-        self.fields = self._field_definitions(cfg.seed)
-        self._seed()
 
-    def new_id(self, entity: str) -> int:
-        self.next_id[entity] = self.next_id.get(entity, 0) + 1
-        return self.next_id[entity]
+def unknown_path() -> JSONResponse:
+    return error(404, "Unknown method .", errorCode=404)
 
-    @staticmethod
-    def _field_definitions(seed: int) -> dict[str, list[dict[str, Any]]]:
-        def custom(entity: str, name: str, ftype: str, options: list[str] | None = None) -> dict[str, Any]:
-            d: dict[str, Any] = {"key": _hash_key(seed, f"{entity}:{name}"), "name": name, "field_type": ftype,
-                                 "edit_flag": True, "is_custom_field": True}
-            if options:
-                d["options"] = [{"id": i + 1, "label": label} for i, label in enumerate(options)]
-            return d
 
-        def standard(name: str, key: str, ftype: str) -> dict[str, Any]:
-            return {"key": key, "name": name, "field_type": ftype, "edit_flag": False, "is_custom_field": False}
+def ok(data: Any, additional: Any = None, status: int = 200) -> JSONResponse:
+    body: dict[str, Any] = {"success": True, "data": data}
+    if additional is not None:
+        body["additional_data"] = additional
+    return JSONResponse(body, status_code=status)
 
-        return {
-            "deals": [standard("Title", "title", "varchar"), standard("Value", "value", "monetary"),
-                      standard("Status", "status", "status"), standard("Stage", "stage_id", "stage"),
-                      custom("deals", "Onboarding plan", "enum", ["Basic", "Pro", "Enterprise"]),
-                      custom("deals", "Contract value", "monetary"), custom("deals", "Go-live date", "date"),
-                      custom("deals", "Region", "set", ["EMEA", "AMER", "APAC"]),
-                      custom("deals", "External id", "varchar"), custom("deals", "Seats", "double")],
-            "persons": [standard("Name", "name", "varchar"), standard("Email", "emails", "varchar"),
-                        standard("Phone", "phones", "phone"),
-                        custom("persons", "Source", "enum", ["Web", "Event", "Referral"]),
-                        custom("persons", "Customer id", "varchar"), custom("persons", "Lifetime value", "double")],
-            "organizations": [standard("Name", "name", "varchar"),
-                              custom("organizations", "Industry", "enum", ["SaaS", "Retail", "Finance"]),
-                              custom("organizations", "Address", "address")],
-            "products": [standard("Name", "name", "varchar"), custom("products", "SKU", "varchar")],
-            "activities": [standard("Subject", "subject", "varchar"), custom("activities", "Outcome", "text")],
-        }
 
-    def custom_defs(self, entity: str) -> dict[str, dict[str, Any]]:
-        return {d["key"]: d for d in self.fields.get(entity, []) if d["is_custom_field"]}
+def encode_cursor(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
 
-    def _seed(self) -> None:
-        cfg, rnd, now = self.state.config, self.state.random, self.state.clock.now()
-        stamps = lambda: (lambda added: (added, added + rnd.uniform(0, 10 * 86400)))(  # noqa: E731
-            now - rnd.uniform(11 * 86400, 400 * 86400))
-        pipeline = self.insert("pipelines", {"name": "Sales", "order_nr": 1, "is_deleted": False}, now - 500 * 86400)
-        for i, name in enumerate(["Qualified", "Contact made", "Proposal", "Negotiation", "Won-ready"]):
-            self.insert("stages", {"name": name, "order_nr": i + 1, "pipeline_id": pipeline["id"],
-                                   "deal_probability": 20 * (i + 1), "is_deleted": False}, now - 500 * 86400)
-        for n in range(1, cfg.pipedrive_organizations + 1):
-            added, updated = stamps()
-            self.insert("organizations", {"name": f"Org {n} Ltd", "owner_id": 1, "is_deleted": False,
-                                          "custom_fields": {self._key("organizations", "Industry"): 1 + n % 3}},
-                        added, updated)
-        for n in range(1, cfg.pipedrive_persons + 1):
-            added, updated = stamps()
-            self.insert("persons", {
-                "name": f"Person {n}", "owner_id": 1, "org_id": 1 + n % max(1, cfg.pipedrive_organizations),
-                "emails": [{"value": f"person{n}@example.com", "primary": True, "label": "work"}],
-                "phones": [{"value": f"+1555{n:07d}", "primary": True, "label": "work"}], "is_deleted": False,
-                "custom_fields": {self._key("persons", "Source"): 1 + n % 3,
-                                  self._key("persons", "Customer id"): f"C-{n:06d}"},
-            }, added, updated)
-        stage_ids = list(self.records["stages"])
-        for n in range(1, cfg.pipedrive_deals + 1):
-            added, updated = stamps()
-            status = ("open", "open", "won", "lost")[n % 4]
-            self.insert("deals", {
-                "title": f"Deal {n}", "value": float(1000 + (n * 37) % 90_000), "currency": "USD", "status": status,
-                "stage_id": stage_ids[n % len(stage_ids)], "pipeline_id": pipeline["id"], "owner_id": 1,
-                "person_id": 1 + n % max(1, cfg.pipedrive_persons), "org_id": 1 + n % max(1, cfg.pipedrive_organizations),
-                "is_deleted": False, "is_archived": n % 50 == 0,
-                **({"won_time": _rfc3339(updated)} if status == "won" else {}),
-                "custom_fields": {
-                    self._key("deals", "Onboarding plan"): 1 + n % 3,
-                    self._key("deals", "Contract value"): {"value": float(n * 10), "currency": "USD"},
-                    self._key("deals", "Region"): [1 + n % 3],
-                    self._key("deals", "External id"): f"EXT-{n:06d}",
-                },
-            }, added, updated)
-        for n in range(1, 21):
-            added, updated = stamps()
-            self.insert("products", {"name": f"Product {n}", "code": f"P{n}", "is_deleted": False}, added, updated)
-            self.insert("activities", {"subject": f"Call {n}", "type": "call", "deal_id": n, "done": n % 2 == 0,
-                                       "is_deleted": False}, added, updated)
-            self.insert("notes", {"content": f"Note {n}", "deal_id": n, "active_flag": True}, added, updated)
-            lead_id = str(uuid.UUID(int=rnd.getrandbits(128)))
-            self.records["leads"][lead_id] = {"id": lead_id, "title": f"Lead {n}", "owner_id": 1,
-                                              "is_archived": False, "add_time": added, "update_time": updated}
-        for n in range(1, cfg.pipedrive_mail_threads + 1):
-            thread = {"id": n, "subject": f"Thread {n}", "folder": ("inbox", "sent", "archive", "drafts")[n % 4],
-                      "message_count": 2, "parties": {"to": [{"email_address": f"person{n}@example.com"}]},
-                      "add_time": _v1_time(now - n * 3600), "update_time": _v1_time(now - n * 1800)}
-            self.threads.append(thread)
-            self.messages[n] = [{"id": n * 10 + i, "mail_thread_id": n, "subject": thread["subject"],
-                                 "snippet": f"Message {i} of thread {n}", "body_url": None,
-                                 "from": [{"email_address": "sales@sandbox.example"}],
-                                 "message_time": _v1_time(now - n * 3600 + i * 60)} for i in range(2)]
 
-    def _key(self, entity: str, name: str) -> str:
-        return next(d["key"] for d in self.fields[entity] if d["name"] == name)
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    if not isinstance(value, dict):
+        raise ValueError(cursor)
+    return value
 
-    def insert(self, entity: str, data: dict[str, Any], added: float, updated: float | None = None) -> dict[str, Any]:
-        rid = self.new_id(entity)
-        record = {"id": rid, **data, "add_time": added, "update_time": updated if updated is not None else added}
-        self.records[entity][rid] = record
-        return record
 
-    # -- views -----------------------------------------------------------------------------------
-    @staticmethod
-    def view(entity: str, record: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in record.items() if not k.startswith("_")}
-        version_v1 = entity in ("leads", "notes")
-        fmt = _v1_time if version_v1 else _rfc3339
-        out["add_time"] = fmt(record["add_time"])
-        out["update_time"] = fmt(record["update_time"])
-        if entity == "leads":
-            out["add_time"] = _rfc3339(record["add_time"]).replace("Z", ".000Z")
-            out["update_time"] = _rfc3339(record["update_time"]).replace("Z", ".000Z")
-        return out
+def _plain(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class ApiError(Exception):
+    """Raised inside handlers; turned into an error answer."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def bad_request(message: str, info: str = "") -> ApiError:
+    return ApiError(error(400, message, info))
 
 
 class PipedriveService:
-    """The /pipedrive routes over :class:`PipedriveData`, with auth, limits and headers."""
+    """The ``/pipedrive`` routes over :class:`PipedriveData`, with auth, limits and headers.
+
+    :param state: the shared sandbox state (config, clock, counters, lock).
+    """
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
         self.data = PipedriveData(state)
         self.windows: dict[str, SlidingWindow] = {}
         self.search_windows: dict[str, SlidingWindow] = {}
-        self.daily: dict[tuple[str, str], float] = {}
-        self.access_tokens: dict[str, float] = {}
+        self.daily: dict[tuple[str, str], int] = {}
+        self.access_tokens: dict[str, tuple[float, str]] = {}  # token -> (expiry, client id)
         self.refresh_tokens = {DEFAULT_PIPEDRIVE_REFRESH_TOKEN}
-        self._list_cache: dict[tuple, list[dict[str, Any]]] = {}
+        self._list_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.deal_limit: int | None = None  # live deals a capped plan allows (None: no cap)
+        self.daily_token_budget: int | None = None  # overrides 30,000 x multiplier x seats
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/oauth/token", self.oauth_token, methods=["POST"]),
+            Route("/_state/settings", self.settings, methods=["GET", "PATCH"]),
             Route("/_state/{entity}", self.full_state, methods=["GET"]),
-            Route("/_state/settings", self.settings, methods=["PATCH"]),
             Route("/api/{version}/{path:path}", self.api, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/{path:path}", self.no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"records": self.data.records, "next_id": self.data.next_id}
+        return {"data": self.data.dump(), "refresh_tokens": set(self.refresh_tokens), "daily": dict(self.daily),
+                "deal_limit": self.deal_limit, "daily_token_budget": self.daily_token_budget}
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.data.records, self.data.next_id = data["records"], data["next_id"]
+        self.data.load(data["data"])
+        self.refresh_tokens = set(data.get("refresh_tokens") or self.refresh_tokens)
+        self.daily = dict(data.get("daily") or {})
+        self.deal_limit = data.get("deal_limit")
+        self.daily_token_budget = data.get("daily_token_budget")
+        self._list_cache.clear()
 
-    # -- control ---------------------------------------------------------------------------------
+    # -- control ------------------------------------------------------------------------------------
     async def full_state(self, request: Request) -> Response:
         entity = request.path_params["entity"]
         with self.state.lock:
-            if entity not in self.data.records:
-                return error(404, "unknown entity")
-            return JSONResponse([self.data.view(entity, r) for r in self.data.records[entity].values()])
+            if entity == "mailThreads":
+                return JSONResponse([self._thread_view(t) for t in self.data.threads])
+            if entity not in self.data.tables:
+                return error(404, f"unknown entity {entity!r}", f"known: {sorted(self.data.tables)}")
+            table = self.data.tables[entity]
+            return JSONResponse([self.view(entity, rid) for rid in table.ids()])
 
     async def settings(self, request: Request) -> Response:
-        body = await request.json()
-        with self.state.lock:
-            if "deal_limit" in body:
-                self.data.deal_limit = body["deal_limit"]
-        return JSONResponse({"deal_limit": self.data.deal_limit})
+        if request.method == "PATCH":
+            body = await request.json()
+            with self.state.lock:
+                for name in ("deal_limit", "daily_token_budget"):
+                    if name in body:
+                        setattr(self, name, None if body[name] is None else int(body[name]))
+        return JSONResponse({"deal_limit": self.deal_limit, "daily_token_budget": self.daily_token_budget})
+
+    async def no_route(self, request: Request) -> Response:
+        return unknown_path()
 
     async def oauth_token(self, request: Request) -> Response:
         form = dict(await request.form())
         auth = request.headers.get("authorization", "")
-        client = base64.b64decode(auth[6:]).decode().partition(":") if auth.lower().startswith("basic ") else ("",)
-        if (client[0], client[-1]) != DEFAULT_PIPEDRIVE_CLIENT:
-            return JSONResponse({"success": False, "message": "Invalid client"}, status_code=401)
-        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") not in self.refresh_tokens:
-            return JSONResponse({"success": False, "message": "Invalid grant: refresh token is invalid"},
-                                status_code=400)
+        client: tuple[str, str] = ("", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                client = (user, password)
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        if client != DEFAULT_PIPEDRIVE_CLIENT:
+            return JSONResponse({"success": False, "message": "Invalid client credentials", "error": "invalid_client"},
+                                status_code=401)
+        if form.get("grant_type") != "refresh_token":
+            return JSONResponse({"success": False, "message": "Unsupported grant type",
+                                 "error": "unsupported_grant_type"}, status_code=400)
         with self.state.lock:
-            self.refresh_tokens.discard(str(form["refresh_token"]))
-            new_refresh = "rt-" + secrets.token_hex(12)
+            refresh = str(form.get("refresh_token") or "")
+            if refresh not in self.refresh_tokens:
+                return JSONResponse({"success": False, "message": "Invalid grant: refresh token is invalid",
+                                     "error": "invalid_grant"}, status_code=400)
+            self.refresh_tokens.discard(refresh)  # rotation: the old refresh token stops working
+            new_refresh = "rt-" + secrets.token_hex(16)
             self.refresh_tokens.add(new_refresh)
             access = "at-" + secrets.token_hex(16)
-            self.access_tokens[access] = self.state.clock.now() + 3600
+            self.access_tokens[access] = (self.state.clock.now() + 3600, client[0])
         base = str(request.base_url).rstrip("/") + "/pipedrive"
         return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
-                             "refresh_token": new_refresh, "scope": "base,deals:full", "api_domain": base})
+                             "refresh_token": new_refresh, "scope": "base,deals:full,contacts:full,leads:full,"
+                             "activities:full,products:full,mail:read,users:read", "api_domain": base})
 
-    # -- auth and limits -------------------------------------------------------------------------
-    def _identify(self, request: Request) -> tuple[str, str, str] | None:
-        """(token, plan, auth type) or None."""
+    # -- auth and limits ----------------------------------------------------------------------------
+    def _identify(self, request: Request) -> tuple[str, str, str, str] | None:
+        """(token, limit key, plan, auth type) of the caller, or None."""
         cfg = self.state.config
         token = request.headers.get("x-api-token") or request.query_params.get("api_token")
-        if token and token in cfg.pipedrive_tokens:
-            return token, ALIASES.get(cfg.pipedrive_tokens[token], cfg.pipedrive_tokens[token]), "token"
+        if token:
+            plan = cfg.pipedrive_tokens.get(token)
+            if plan is None:
+                return None
+            return token, token_key(token), self._plan(plan), "token"
         auth = request.headers.get("authorization", "")
-        if auth.startswith("Bearer "):
-            bearer = auth[7:]
-            if self.access_tokens.get(bearer, 0) > self.state.clock.now():
-                default_plan = next(iter(cfg.pipedrive_tokens.values()), "ultimate")
-                return bearer, ALIASES.get(default_plan, default_plan), "oauth"
+        if auth[:7].lower() == "bearer ":
+            bearer = auth[7:].strip()
+            expiry, client = self.access_tokens.get(bearer, (0.0, ""))
+            if expiry > self.state.clock.now():
+                default = cfg.pipedrive_tokens.get(DEFAULT_PIPEDRIVE_TOKEN) or "ultimate"
+                # OAuth limits count per app and user, so a refreshed access token keeps its window
+                return bearer, "oauth-" + token_key(client), self._plan(default), "oauth"
         return None
 
-    def _limit(self, token: str, plan: str, auth_type: str, method: str, version: str, path: str
+    @staticmethod
+    def _plan(name: str) -> str:
+        plan = PLAN_ALIASES.get(name.lower(), name.lower())
+        return plan if plan in BURST else "ultimate"
+
+    def _limit(self, key: str, plan: str, auth_type: str, method: str, version: str, path: str
                ) -> tuple[dict[str, str], JSONResponse | None]:
-        cfg, now, key = self.state.config, self.state.clock.now(), token_key(token)
+        """Apply every limit to one request; return the headers and a 429 answer if refused."""
+        cfg, now = self.state.config, self.state.clock.now()
         burst = BURST[plan][1 if auth_type == "oauth" else 0]
-        window = self.windows.setdefault(key, SlidingWindow(burst, 2.0))
+        window = self.windows.setdefault(key, SlidingWindow(burst, WINDOW_SECONDS))
         seen = window.hit(now)
         self.state.counters.note_window(f"pipedrive:{key}", seen)
-        headers = {"x-ratelimit-limit": str(burst), "x-ratelimit-remaining": str(max(0, burst - seen)),
-                   "x-ratelimit-reset": str(max(1, round(window.reset_in(now))))}
-        day = time.strftime("%Y-%m-%d", time.gmtime(now))
-        budget = 30_000 * MULTIPLIER[plan] * cfg.pipedrive_seats
+        limit, remaining, reset = burst, burst - seen, window.reset_in(now)
+        over = seen > burst
+        if path.endswith("/search") or path == "itemSearch":
+            search = self.search_windows.setdefault(key, SlidingWindow(SEARCH_LIMIT, WINDOW_SECONDS))
+            searched = search.hit(now)
+            self.state.counters.note_window(f"pipedrive-search:{key}", searched)
+            # a search answer reports the tighter search window
+            limit, remaining, reset = SEARCH_LIMIT, SEARCH_LIMIT - searched, search.reset_in(now)
+            over = over or searched > SEARCH_LIMIT
+        headers = {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": str(max(0, remaining)),
+                   "x-ratelimit-reset": str(max(1, math.ceil(reset)))}
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        budget = DAILY_TOKENS * MULTIPLIER[plan] * max(0, int(cfg.pipedrive_seats))
+        if self.daily_token_budget is not None:
+            budget = self.daily_token_budget
         spent = self.daily.get(("budget", day), 0)
         headers["x-daily-ratelimit-token-limit"] = str(budget)
-        if seen > burst:
-            return headers, error(429, "request over limit", errorCode=429)
-        if path.endswith("/search") or path == "itemSearch":
-            search = self.search_windows.setdefault(key, SlidingWindow(10, 2.0))
-            if search.hit(now) > 10:
-                return headers, error(429, "request over limit", errorCode=429)
-        cost = pipedrive_token_cost(method, path, version)  # the specs' x-token-cost, as the real API charges
+        headers["x-daily-ratelimit-token-remaining"] = str(max(0, budget - spent))
+        writes_key = (f"writes:{key}", day)
+        counts_writes = method in ("POST", "PUT") and auth_type == "token"
+        if counts_writes:
+            headers["x-daily-requests-left"] = str(max(0, DAILY_WRITES - self.daily.get(writes_key, 0)))
+        if over:
+            return headers, self._too_many()
+        cost = pipedrive_token_cost(method, path, version)
         if spent + cost > budget:
-            headers["x-daily-ratelimit-token-remaining"] = str(max(0, int(budget - spent)))
-            return headers, error(429, "request over limit", "Daily token budget spent", errorCode=429)
+            return headers, self._too_many()
+        if counts_writes:
+            writes = self.daily.get(writes_key, 0)
+            if writes >= DAILY_WRITES:
+                return headers, self._too_many()
+            self.daily[writes_key] = writes + 1
+            headers["x-daily-requests-left"] = str(DAILY_WRITES - writes - 1)
         self.daily[("budget", day)] = spent + cost
-        headers["x-daily-ratelimit-token-remaining"] = str(int(budget - spent - cost))
-        if method in ("POST", "PUT") and auth_type == "token":
-            writes = self.daily.get((f"writes:{key}", day), 0)
-            if writes >= 10_000:
-                return headers, error(429, "request over limit", "Daily POST/PUT allowance spent", errorCode=429)
-            self.daily[(f"writes:{key}", day)] = writes + 1
-            headers["x-daily-requests-left"] = str(10_000 - writes - 1)
+        headers["x-daily-ratelimit-token-remaining"] = str(budget - spent - cost)
         return headers, None
+
+    def _too_many(self) -> JSONResponse:
+        self.state.counters.count_429("pipedrive")
+        return JSONResponse({"success": False, "error": "request over limit", "errorCode": 429}, status_code=429)
 
     async def api(self, request: Request) -> Response:
         version, path, method = request.path_params["version"], request.path_params["path"].strip("/"), request.method
-        if version not in ("v1", "v2"):
-            return error(404, "Unknown method .")
         ident = self._identify(request)
         if ident is None:
-            return JSONResponse({"success": False, "error": "unauthorized access", "errorCode": 401,
-                                 "error_info": "Please check developers.pipedrive.com"}, status_code=401)
-        token, plan, auth_type = ident
+            return JSONResponse(UNAUTHORIZED, status_code=401)
+        token, key, plan, auth_type = ident
         body: Any = None
         if method in ("POST", "PUT", "PATCH"):
-            try:
-                body = await request.json()
-            except ValueError:
-                return error(400, "Invalid JSON body")
+            raw = await request.body()
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = ApiError(error(400, "Invalid JSON in request body"))
+            elif request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+                body = dict(await request.form())
+            else:
+                body = {}
         with self.state.lock:
             self.state.counters.count_request("pipedrive", f"{method} /{version}/{path.split('/')[0]}", token)
-            headers, refusal = self._limit(token, plan, auth_type, method, version, path)
+            headers, refusal = self._limit(key, plan, auth_type, method, version, path)
             if refusal is not None:
-                self.state.counters.count_429("pipedrive")
                 refusal.headers.update(headers)
                 return refusal
-            if method != "GET":
-                self.data.version += 1
-            response = self._dispatch(method, version, path, dict(request.query_params), body)
+            try:
+                if isinstance(body, ApiError):
+                    raise body
+                if version not in ("v1", "v2"):
+                    raise ApiError(unknown_path())
+                response = self._dispatch(method, version, path, request.query_params.multi_items(), body)
+            except ApiError as exc:
+                response = exc.response
         response.headers.update(headers)
         return response
 
-    # -- endpoints -------------------------------------------------------------------------------
-    def _dispatch(self, method: str, version: str, path: str, query: dict[str, str], body: Any) -> JSONResponse:
+    # -- routing ------------------------------------------------------------------------------------
+    def _dispatch(self, method: str, version: str, path: str, items: list[tuple[str, str]], body: Any
+                  ) -> JSONResponse:
+        query = dict(items)
         parts = path.split("/")
         head = parts[0]
-        if version == "v1" and path == "users/me":
-            return JSONResponse({"success": True, "data": {
-                "id": 1, "name": "Sandbox Admin", "email": "admin@sandbox.example", "company_id": 1,
-                "company_name": "Sandbox Inc", "company_domain": "sandbox", "active_flag": True, "is_admin": 1}})
-        if head in FIELD_ENTITIES and len(parts) == 1 and method == "GET":
-            return self._fields(version, FIELD_ENTITIES[head], query)
-        if version == "v1" and head == "mailbox":
-            return self._mailbox(parts, query)
-        if version == "v1" and head == "recents":
-            return self._recents(query)
-        if version == "v2" and head == "itemSearch":
-            return self._search(None, query)
-        entity_ok = (version == "v2" and head in V2_ENTITIES) or (version == "v1" and head in ("leads", "notes"))
-        if not entity_ok:
-            if version == "v1" and head in V2_ENTITIES:
-                return error(410, "This endpoint is no longer supported", "Use the v2 endpoint")
-            return error(404, "Unknown method .")
+        if head in FIELD_ENDPOINTS and len(parts) == 1 and method == "GET":
+            return self._fields(version, FIELD_ENDPOINTS[head], query)
+        if version == "v1":
+            if head == "users" and method == "GET":
+                if parts[1:] == ["me"]:
+                    return ok(self._user(1))
+                if len(parts) == 1:
+                    return ok([self._user(int(u["id"])) for u in USERS], {"pagination": {
+                        "start": 0, "limit": 100, "more_items_in_collection": False}})
+                if len(parts) == 2 and parts[1].isdigit():
+                    if not any(u["id"] == int(parts[1]) for u in USERS):
+                        raise ApiError(not_found())
+                    return ok(self._user(int(parts[1])))
+            if head == "mailbox" and method == "GET":
+                return self._mailbox(parts, query)
+            if head == "recents" and len(parts) == 1 and method == "GET":
+                return self._recents(query)
+            if head in V2_ENTITIES:
+                return error(410, "This endpoint is deprecated and no longer supported",
+                             f"Use /api/v2/{head} instead.", errorCode=410)
+            if head not in V1_ENTITIES:
+                raise ApiError(unknown_path())
+        else:
+            if head == "itemSearch" and len(parts) == 1 and method == "GET":
+                return self._search(None, query)
+            if head == "leads" and parts[1:] == ["search"] and method == "GET":
+                return self._search("leads", query)
+            if head not in V2_ENTITIES:
+                raise ApiError(unknown_path())
         entity = head
         if len(parts) == 1:
             if method == "GET":
-                return self._list(entity, version, query, archived=False)
+                return self._list(entity, version, query, items, archived=False)
             if method == "POST":
                 return self._create(entity, version, body)
-        elif len(parts) == 2 and parts[1] == "search" and method == "GET":
+        elif len(parts) == 2 and parts[1] == "search" and entity in SEARCHABLE and method == "GET":
             return self._search(entity, query)
-        elif len(parts) == 2 and parts[1] == "archived" and method == "GET" and entity == "deals":
-            return self._list(entity, version, query, archived=True)
+        elif len(parts) == 2 and parts[1] == "archived" and entity in ("deals", "leads") and method == "GET":
+            return self._list(entity, version, query, items, archived=True)
         elif len(parts) == 2:
-            rid: Any = parts[1] if entity == "leads" else (int(parts[1]) if parts[1].isdigit() else None)
-            record = self.data.records[entity].get(rid)
-            if record is None or (record.get("is_deleted") and method != "GET"):
-                return error(404, "Entity was not found", "Object was not found.")
+            rid = self._resolve(entity, parts[1])
             if method == "GET":
-                return JSONResponse({"success": True, "data": self.data.view(entity, record)})
-            if method in ("PATCH", "PUT"):
-                return self._update(entity, version, record, body)
+                return ok(self.view(entity, rid))
+            if rid is None or self.data.tables[entity].flags[rid] & DELETED:
+                raise ApiError(not_found())
+            if (method == "PATCH" and (version == "v2" or entity == "leads")) or (method == "PUT" and entity == "notes"):
+                return self._update(entity, version, rid, body)
             if method == "DELETE":
-                return self._delete(entity, record)
-        return error(404, "Unknown method .")
+                return self._delete(entity, rid)
+        raise ApiError(unknown_path())
 
-    def _page(self, items: list[dict[str, Any]], entity: str, version: str, query: dict[str, str]) -> JSONResponse:
+    def _resolve(self, entity: str, text: str) -> int:
+        table = self.data.tables[entity]
+        rid = table.id_of.get(text.lower(), 0) if entity == "leads" else (int(text) if text.isdigit() else 0)
+        if not table.exists(rid):
+            raise ApiError(not_found())
+        if entity not in ("deals",) and table.flags[rid] & DELETED:
+            raise ApiError(not_found())
+        return rid
+
+    # -- views --------------------------------------------------------------------------------------
+    def view(self, entity: str, rid: int) -> dict[str, Any]:
+        """A record in the shape the API answers (v2, or v1 for leads and notes)."""
+        nullable = NULLABLE.get(entity, set())
+        return {k: v for k, v in self._view(entity, rid).items() if v is not None or k in nullable}
+
+    def _view(self, entity: str, rid: int) -> dict[str, Any]:
+        data, table = self.data, self.data.tables[entity]
+        row = data.row(entity, rid)
+        if entity == "leads":
+            return {"id": table.uuid_of[rid], **row, "is_archived": bool(table.flags[rid] & ARCHIVED),
+                    "add_time": lead_time(table.add_time[rid]), "update_time": lead_time(table.update_time[rid])}
+        if entity == "notes":
+            out = {"id": rid, **row, "add_time": v1_time(table.add_time[rid]),
+                   "update_time": v1_time(table.update_time[rid])}
+            out["deal"] = self._linked("deals", row.get("deal_id"), "title")
+            out["person"] = self._linked("persons", row.get("person_id"), "name")
+            out["organization"] = self._linked("organizations", row.get("org_id"), "name")
+            user = next((u for u in USERS if u["id"] == row.get("user_id")), USERS[0])
+            out["user"] = {"email": user["email"], "name": user["name"], "icon_url": "", "is_you": user["id"] == 1}
+            return out
+        out = {"id": rid, **row}
+        if "custom_fields" in out:
+            out["custom_fields"] = dict(out["custom_fields"])
+        out["add_time"] = rfc3339(table.add_time[rid])
+        out["update_time"] = rfc3339(table.update_time[rid])
+        out["is_deleted"] = bool(table.flags[rid] & DELETED)
+        if entity == "deals":
+            out["status"] = STATUSES[table.status[rid]]
+            out["is_archived"] = bool(table.flags[rid] & ARCHIVED)
+            out["archive_time"] = out["update_time"] if out["is_archived"] else None
+        return out
+
+    def _linked(self, entity: str, rid: Any, attr: str) -> dict[str, Any] | None:
+        if not isinstance(rid, int) or not self.data.tables[entity].exists(rid):
+            return None
+        return {attr: self.data.row(entity, rid).get(attr)}
+
+    def _user(self, uid: int) -> dict[str, Any]:
+        user = next(u for u in USERS if u["id"] == uid)
+        created = v1_time(self.data.now - 900 * DAY)
+        return {
+            **user, "default_currency": "USD", "locale": "en_US", "lang": 1, "phone": None, "activated": True,
+            "last_login": v1_time(self.data.now - 3600), "created": created, "modified": created,
+            "has_created_company": uid == 1, "access": [{"app": "sales", "admin": uid == 1,
+                                                         "permission_set_id": "sandbox-permissions"}],
+            "active_flag": True, "timezone_name": "UTC", "timezone_offset": "+00:00", "role_id": 1, "icon_url": None,
+            "is_you": uid == 1, "is_deleted": False, "is_admin": int(uid == 1), "company_id": 1,
+            "company_name": "Sandbox Inc", "company_domain": "sandbox", "company_country": "US",
+            "company_industry": "Software", "language": {"language_code": "en", "country_code": "US"},
+        }
+
+    # -- lists --------------------------------------------------------------------------------------
+    def _limit_param(self, query: dict[str, str], default: int = 100) -> int:
+        raw = query.get("limit")
+        if raw in (None, ""):
+            return default
         try:
-            limit = int(query.get("limit", 100))
+            limit = int(str(raw))
         except ValueError:
-            return error(400, "Parameter 'limit' must be an integer")
-        if limit > MAX_LIMIT or limit < 1:
-            return error(400, f"Parameter 'limit' must be between 1 and {MAX_LIMIT}")
+            raise bad_request("Validation failed: limit: Expected number, received string") from None
+        if limit > MAX_LIMIT:
+            raise bad_request(f"Validation failed: limit: Number must be less than or equal to {MAX_LIMIT}")
+        if limit < 1:
+            raise bad_request("Validation failed: limit: Number must be greater than or equal to 1")
+        return limit
+
+    def _list(self, entity: str, version: str, query: dict[str, str], items: list[tuple[str, str]],
+              archived: bool) -> JSONResponse:
+        limit = self._limit_param(query)
+        sort_by, descending = self._sort(entity, version, query)
+        # paging through a large list must not filter it again for every page
+        signature = tuple(sorted((k, v) for k, v in items if k not in ("cursor", "start", "limit")))
+        key = (entity, version, archived, self.data.version, int(self.state.clock.now()) // 3600, signature)
+        ids = self._list_cache.get(key)
+        if ids is None:
+            ids = self._select(entity, version, query, archived, sort_by, descending)
+            self._list_cache[key] = ids
+            while len(self._list_cache) > 16:
+                self._list_cache.popitem(last=False)
+        sort_key = self._sort_key(entity, sort_by, descending)
         if version == "v2":
             start = 0
             if query.get("cursor"):
                 try:
-                    start = int(json.loads(base64.b64decode(query["cursor"]))["o"])
-                except Exception:
-                    return error(400, "Invalid cursor")
-            page = items[start : start + limit]
-            more = start + limit < len(items)
-            cursor = base64.b64encode(json.dumps({"o": start + limit}).encode()).decode() if more else None
-            return JSONResponse({"success": True, "data": [self.data.view(entity, r) for r in page],
-                                 "additional_data": {"next_cursor": cursor}})
-        start = int(query.get("start", 0))
-        page = items[start : start + limit]
-        more = start + limit < len(items)
-        return JSONResponse({"success": True, "data": [self.data.view(entity, r) for r in page],
-                             "additional_data": {"pagination": {"start": start, "limit": limit,
-                                                                "more_items_in_collection": more,
-                                                                **({"next_start": start + limit} if more else {})}}})
+                    cursor = decode_cursor(query["cursor"])
+                    if cursor.get("s") != f"{sort_by}:{int(descending)}":
+                        raise ValueError("cursor of another sort order")
+                    start = bisect.bisect_right(ids, sort_key_of(cursor), key=sort_key)
+                except (ValueError, KeyError, TypeError, binascii.Error):
+                    raise bad_request("Validation failed: cursor: Invalid cursor") from None
+            page = ids[start : start + limit]
+            next_cursor = None
+            if start + limit < len(ids):
+                last = page[-1]
+                next_cursor = encode_cursor({"s": f"{sort_by}:{int(descending)}", "k": sort_key(last)})
+            return ok([self.view(entity, rid) for rid in page], {"next_cursor": next_cursor})
+        try:
+            start = max(0, int(query.get("start") or 0))
+        except ValueError:
+            raise bad_request("Validation failed: start: Expected number") from None
+        page = ids[start : start + limit]
+        more = start + limit < len(ids)
+        pagination: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+        if more:
+            pagination["next_start"] = start + limit
+        return ok([self.view(entity, rid) for rid in page], {"pagination": pagination})
 
-    def _list(self, entity: str, version: str, query: dict[str, str], archived: bool) -> JSONResponse:
-        # paging through a large list must not re-filter it for every page
-        key = (entity, version, archived, self.data.version, int(self.state.clock.now()) // 86400,
-               tuple(sorted((k, v) for k, v in query.items() if k not in ("cursor", "start", "limit"))))
-        cached = self._list_cache.get(key)
-        if cached is not None:
-            return self._page(cached, entity, version, query)
-        response = self._filtered(entity, version, query, archived)
-        if isinstance(response, JSONResponse):
-            return response
-        if len(self._list_cache) > 32:
-            self._list_cache.clear()
-        self._list_cache[key] = response
-        return self._page(response, entity, version, query)
+    def _sort(self, entity: str, version: str, query: dict[str, str]) -> tuple[str, bool]:
+        if version == "v1":
+            text = (query.get("sort") or "id ASC").split(",")[0].strip().split()
+            field = text[0] if text else "id"
+            if field not in ("id", "add_time", "update_time"):
+                raise bad_request(f"Sorting by {field!r} is not supported here",
+                                  "Supported: id, add_time, update_time")
+            return field, len(text) > 1 and text[1].upper() == "DESC"
+        default = "update_time" if entity == "products" and "sort_by" not in query else "id"
+        field = query.get("sort_by") or default
+        allowed = ("id", "update_time", "add_time")
+        if field not in allowed:
+            raise bad_request(f"Validation failed: sort_by: Invalid enum value. Expected {' | '.join(allowed)}, "
+                              f"received '{field}'")
+        direction = (query.get("sort_direction") or "asc").lower()
+        if direction not in ("asc", "desc"):
+            raise bad_request("Validation failed: sort_direction: Invalid enum value. Expected 'asc' | 'desc'")
+        return field, direction == "desc"
 
-    def _filtered(self, entity: str, version: str, query: dict[str, str], archived: bool
-                  ) -> list[dict[str, Any]] | JSONResponse:
-        records = list(self.data.records[entity].values())
-        if entity in ("pipelines", "stages") and ("updated_since" in query or "updated_until" in query):
-            return error(400, "Parameter 'updated_since' is not allowed for this endpoint")
-        now = self.state.clock.now()
-        statuses = set(query.get("status", "").split(",")) - {""}
-        if entity == "deals":
-            if "deleted" in statuses:
-                records = [r for r in records if r.get("is_deleted") and now - r["update_time"] <= 30 * 86400]
-                statuses.discard("deleted")
-                if statuses:
-                    return error(400, "status=deleted cannot be combined with other statuses")
-            else:
-                records = [r for r in records if not r.get("is_deleted")]
-                records = [r for r in records if bool(r.get("is_archived")) == archived]
-                if statuses:
-                    records = [r for r in records if r.get("status") in statuses]
-        else:
-            records = [r for r in records if not r.get("is_deleted")]
+    def _sort_key(self, entity: str, sort_by: str, descending: bool) -> Callable[[int], tuple[int, int]]:
+        table = self.data.tables[entity]
+        column = table.update_time if sort_by == "update_time" else table.add_time
+        sign = -1 if descending else 1
+        if sort_by == "id":
+            return lambda rid: (sign * rid, 0)
+        return lambda rid: (sign * column[rid], sign * rid)
+
+    def _select(self, entity: str, version: str, query: dict[str, str], archived: bool, sort_by: str,
+                descending: bool) -> list[int]:
+        """Ids of the records a list answers, in order (deleted/archived rules, filters, sort)."""
+        table, now = self.data.tables[entity], int(self.state.clock.now())
+        flags, status, updated, added = table.flags, table.status, table.update_time, table.add_time
+        has_since = "updated_since" in query or "updated_until" in query
+        if has_since and (entity in ("pipelines", "stages", "products") or entity == "leads" and archived):
+            raise bad_request("Validation failed: updated_since is not a supported parameter for this endpoint")
+        since = until = None
         try:
             if query.get("updated_since"):
-                since = _parse_time(query["updated_since"])
-                records = [r for r in records if int(r["update_time"]) >= since]
-            if query.get("updated_until"):
-                until = _parse_time(query["updated_until"])
-                records = [r for r in records if int(r["update_time"]) < until]
+                since = parse_time(query["updated_since"], version)
+            if query.get("updated_until") and version == "v2":
+                until = parse_time(query["updated_until"], version)
         except ValueError:
-            return error(400, "Invalid date format for updated_since/updated_until (use RFC 3339)")
-        for name in ("pipeline_id", "stage_id", "owner_id", "person_id", "org_id", "deal_id"):
-            if query.get(name):
-                records = [r for r in records if str(r.get(name)) == query[name]]
-        if query.get("ids"):
-            wanted = {int(i) for i in query["ids"].split(",") if i.isdigit()}
-            records = [r for r in records if r["id"] in wanted]
-        sort_by = query.get("sort_by", "id")
-        if query.get("sort"):
-            sort_by = "update_time" if "update_time" in query["sort"] else "id"
-            reverse = "DESC" in query["sort"].upper()
+            raise bad_request("Validation failed: updated_since/updated_until must be RFC 3339 date-times "
+                              "without fractions, e.g. 2025-01-01T10:20:00Z") from None
+        ids = list(table.ids())
+        if entity == "deals":
+            wanted = {s for s in (query.get("status") or "").split(",") if s}
+            if wanted - set(STATUSES):
+                raise bad_request(f"Validation failed: status: Invalid value {sorted(wanted - set(STATUSES))}",
+                                  "Expected open, won, lost or deleted")
+            codes = {STATUSES.index(s) for s in wanted} or {0, 1, 2}
+            recent = now - 30 * DAY
+            ids = [i for i in ids if status[i] in codes and (
+                updated[i] >= recent if flags[i] & DELETED else bool(flags[i] & ARCHIVED) == archived)]
+        elif entity == "leads":
+            mode = "archived" if archived else (query.get("archived_status") or "not_archived")
+            if mode not in ("archived", "not_archived", "all"):
+                raise bad_request("Validation failed: archived_status must be archived, not_archived or all")
+            if mode != "all":
+                ids = [i for i in ids if bool(flags[i] & ARCHIVED) == (mode == "archived")]
         else:
-            reverse = query.get("sort_direction", "asc") == "desc"
-        if sort_by not in ("id", "update_time", "add_time"):
-            return error(400, f"Invalid sort_by {sort_by!r}")
-        order = (lambda r: r["id"]) if sort_by == "id" else (lambda r: (int(r[sort_by]), str(r["id"])))
-        records.sort(key=order, reverse=reverse)
-        return records
+            ids = [i for i in ids if not flags[i] & DELETED]
+        if since is not None:
+            ids = [i for i in ids if updated[i] >= since]
+        if until is not None:
+            ids = [i for i in ids if updated[i] < until]
+        if entity == "notes":
+            for name, bound in (("start_date", 0), ("end_date", DAY)):
+                if query.get(name):
+                    try:
+                        day = int(datetime.strptime(query[name], "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp())
+                    except ValueError:
+                        raise bad_request(f"Validation failed: {name} must be YYYY-MM-DD") from None
+                    ids = [i for i in ids if (added[i] >= day if bound == 0 else added[i] < day + bound)]
+        if query.get("ids"):
+            try:
+                wanted_ids = {int(i) for i in query["ids"].split(",") if i.strip()}
+            except ValueError:
+                raise bad_request("Validation failed: ids must be a comma-separated list of integers") from None
+            if len(wanted_ids) > 100:
+                raise bad_request("Validation failed: ids: at most 100 ids")
+            ids = [i for i in ids if i in wanted_ids]
+        for name in ATTRIBUTE_FILTERS.get(entity, ()):
+            raw = query.get(name)
+            if raw in (None, ""):
+                continue
+            if name == "done":
+                expected: Any = raw.lower() in ("1", "true")
+            else:
+                try:
+                    expected = int(raw)
+                except ValueError:
+                    raise bad_request(f"Validation failed: {name}: Expected number, received string") from None
+            ids = [i for i in ids if self.data.attr(entity, i, name) == expected]
+        ids.sort(key=self._sort_key(entity, sort_by, descending))
+        return ids
 
-    def _validate(self, entity: str, body: dict[str, Any]) -> JSONResponse | None:
-        defs = self.data.custom_defs(entity)
-        custom = body.get("custom_fields") if entity != "leads" else {k: v for k, v in body.items() if len(k) == 40}
-        for key, value in (custom or {}).items():
+    # -- writes -------------------------------------------------------------------------------------
+    def _check_custom(self, entity: str, values: dict[str, Any]) -> None:
+        defs = self.data.custom.get(entity, {})
+        for key, value in values.items():
             definition = defs.get(key)
             if definition is None:
-                return error(400, f"Unknown custom field key {key!r}")
+                raise bad_request(f"Unknown custom field key {key!r}",
+                                  f"No {entity[:-1]} field has the key {key!r}; see /{entity[:-1]}Fields.")
             if value is None:
                 continue
-            ftype = definition["field_type"]
-            ok = True
+            ftype, name = definition["field_type"], definition["name"]
+            option_ids = {o["id"] for o in definition.get("options") or []}
+            expected = ""
             if ftype == "double":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    expected = "a number"
             elif ftype == "monetary":
-                ok = isinstance(value, dict) and isinstance(value.get("value"), (int, float))
+                if entity == "leads":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        expected = "a number"
+                elif not (isinstance(value, dict) and isinstance(value.get("value"), (int, float))
+                          and not isinstance(value.get("value"), bool)
+                          and isinstance(value.get("currency", "USD"), str)):
+                    expected = "an object {value: number, currency: string}"
             elif ftype == "enum":
-                ok = value in {o["id"] for o in definition.get("options", [])}
+                if isinstance(value, bool) or value not in option_ids:
+                    expected = f"one of the option ids {sorted(option_ids)}"
             elif ftype == "set":
-                ok = isinstance(value, list) and all(v in {o["id"] for o in definition["options"]} for v in value)
+                if not isinstance(value, list) or any(isinstance(v, bool) or v not in option_ids for v in value):
+                    expected = f"a list of option ids from {sorted(option_ids)}"
             elif ftype == "date":
                 try:
                     datetime.strptime(str(value), "%Y-%m-%d")
+                    if not isinstance(value, str):
+                        raise ValueError(value)
                 except ValueError:
-                    ok = False
-            elif ftype in ("varchar", "text", "address", "phone"):
-                ok = isinstance(value, str)
-            if not ok:
-                return error(400, f"Invalid value for field {definition['name']!r} ({ftype}): {value!r}")
-        return None
+                    expected = "a date YYYY-MM-DD"
+            elif ftype == "address":
+                if not (isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("value"), str))):
+                    expected = "a string or an object {value: string, ...}"
+            elif not isinstance(value, str):
+                expected = "a string"
+            if expected:
+                raise bad_request(f"Validation failed: custom field {name!r} ({key}, {ftype}) expects {expected}; "
+                                  f"got {value!r}")
+
+    def _check_standard(self, entity: str, body: dict[str, Any], creating: bool) -> None:
+        required = REQUIRED.get(entity)
+        if creating and required and not (isinstance(body.get(required), str) and body[required].strip()):
+            raise bad_request(f"Validation failed: {required}: Required",
+                              f"A {entity[:-1]} needs a non-empty {required!r}.")
+        for name in ("title", "name", "subject", "content", "currency"):
+            if name in body and not isinstance(body[name], str):
+                raise bad_request(f"Validation failed: {name}: Expected string, received {type(body[name]).__name__}")
+        if "value" in body and body["value"] is not None:
+            value = body["value"]
+            if entity == "leads":
+                if not (isinstance(value, dict) and isinstance(value.get("amount"), (int, float))
+                        and isinstance(value.get("currency"), str)):
+                    raise bad_request("Validation failed: value: Expected object {amount: number, currency: string}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad_request("Validation failed: value: Expected number")
+        if entity == "deals" and "status" in body and body["status"] not in ("open", "won", "lost"):
+            raise bad_request("Validation failed: status: Invalid enum value. Expected 'open' | 'won' | 'lost'")
+        for name in ("emails", "phones"):
+            if name in body and not (isinstance(body[name], list) and all(
+                    isinstance(e, dict) and isinstance(e.get("value"), str) for e in body[name])):
+                raise bad_request(f"Validation failed: {name}: Expected array of objects "
+                                  "{value: string, primary: boolean, label: string}")
+        for name, target in (("stage_id", "stages"), ("pipeline_id", "pipelines"), ("person_id", "persons"),
+                             ("org_id", "organizations"), ("organization_id", "organizations"), ("deal_id", "deals")):
+            if body.get(name) is None or name not in body:
+                continue
+            rid = body[name]
+            table = self.data.tables[target]
+            if isinstance(rid, bool) or not isinstance(rid, int) or not table.exists(rid) or table.flags[rid] & DELETED:
+                raise bad_request(f"Validation failed: {name}: {target[:-1].capitalize()} with id {rid!r} not found")
+        if (entity == "deals" and body.get("stage_id") is not None and body.get("pipeline_id") is not None
+                and self.data.row("stages", body["stage_id"])["pipeline_id"] != body["pipeline_id"]):
+            raise ApiError(error(422, "Stage does not belong to the given pipeline",
+                                     f"Stage {body['stage_id']} is not in pipeline {body['pipeline_id']}."))
+
+    def _custom_values(self, entity: str, body: dict[str, Any]) -> dict[str, Any]:
+        if entity == "leads":
+            return {k: v for k, v in body.items() if re.fullmatch(r"[0-9a-f]{40}", k)}
+        custom = body.get("custom_fields")
+        if custom is None:
+            return {}
+        if not isinstance(custom, dict):
+            raise bad_request("Validation failed: custom_fields: Expected object")
+        if entity not in self.data.custom:
+            raise bad_request(f"{entity} have no custom fields")
+        return custom
 
     def _create(self, entity: str, version: str, body: Any) -> JSONResponse:
         if not isinstance(body, dict):
-            return error(400, "Body must be a JSON object")
-        if entity == "deals" and self.data.deal_limit is not None and \
-                sum(1 for r in self.data.records["deals"].values() if not r.get("is_deleted")) >= self.data.deal_limit:
-            return error(403, "You have reached the limit of deals for your plan", code="feature_capping_deals_limit")
-        required = {"deals": "title", "persons": "name", "organizations": "name", "products": "name",
-                    "activities": "subject", "leads": "title", "notes": "content", "pipelines": "name",
-                    "stages": "name"}.get(entity)
-        if required and not body.get(required):
-            return error(400, f"Field '{required}' is required")
-        if entity == "persons" and isinstance(body.get("emails"), str):
-            return error(400, "Field 'emails' must be an array of objects")
-        invalid = self._validate(entity, body)
-        if invalid:
-            return invalid
-        now = self.state.clock.now()
-        if entity == "leads":
-            rid = str(uuid.UUID(int=self.state.random.getrandbits(128)))
-            record = {"id": rid, **body, "is_archived": False, "add_time": now, "update_time": now}
-            self.data.records["leads"][rid] = record
-        else:
-            record = self.data.insert(entity, {"is_deleted": False, **body}, now)
-            if entity == "deals":
-                record.setdefault("status", "open")
-        # the published specs answer 201 for a new lead and 200 for everything else
-        return JSONResponse({"success": True, "data": self.data.view(entity, record)},
-                            status_code=201 if entity == "leads" else 200)
-
-    def _update(self, entity: str, version: str, record: dict[str, Any], body: Any) -> JSONResponse:
-        if not isinstance(body, dict):
-            return error(400, "Body must be a JSON object")
-        invalid = self._validate(entity, body)
-        if invalid:
-            return invalid
-        custom = body.pop("custom_fields", None)
-        record.update({k: v for k, v in body.items() if k not in ("id", "add_time", "update_time")})
-        if custom:
-            record.setdefault("custom_fields", {}).update(custom)
-        if entity == "deals" and body.get("status") == "won":
-            record["won_time"] = _rfc3339(self.state.clock.now())
-        record["update_time"] = self.state.clock.now()
-        return JSONResponse({"success": True, "data": self.data.view(entity, record)})
-
-    def _delete(self, entity: str, record: dict[str, Any]) -> JSONResponse:
+            raise bad_request("Validation failed: the request body must be a JSON object")
+        table, now = self.data.tables[entity], int(self.state.clock.now())
+        if entity == "deals" and self.deal_limit is not None:
+            live = sum(1 for i in table.ids() if not table.flags[i] & DELETED)
+            if live >= self.deal_limit:
+                return error(403, "You have reached the limit of deals for your plan",
+                             "Upgrade the plan or delete deals to add more.", code="feature_capping_deals_limit")
+        self._check_standard(entity, body, creating=True)
+        custom = self._custom_values(entity, body)
+        self._check_custom(entity, custom)
+        status = STATUSES.index(body.get("status") or "open") if entity == "deals" else 0
+        flags = ARCHIVED if entity == "leads" and body.get("is_archived") else 0
+        rid = table.append(now, now, status, flags)
+        row = self._defaults(entity, rid, now)
+        row.update({k: v for k, v in body.items() if k not in READ_ONLY_KEYS and k not in ("status", "is_archived")})
+        if entity != "leads" and entity in self.data.custom:
+            row["custom_fields"] = {k: None for k in self.data.custom[entity]} | custom
         if entity == "deals":
-            record["is_deleted"] = True
-            record["status"] = "deleted"
-            record["update_time"] = self.state.clock.now()
-        else:
-            del self.data.records[entity][record["id"]]
+            self._deal_status_times(row, status, now)
+            if body.get("stage_id") is not None:
+                row["pipeline_id"] = self.data.row("stages", body["stage_id"])["pipeline_id"]
+        if entity == "leads":
+            lead_id = str(uuid.UUID(int=self.state.random.getrandbits(128), version=4))
+            table.uuid_of[rid], table.id_of[lead_id] = lead_id, rid
+        table.rows[rid] = row
+        self._indexed(entity, rid, None)
+        self.data.version += 1
+        # the published specs answer 201 for a new lead and 200 for everything else
+        return ok(self.view(entity, rid), status=201 if entity == "leads" else 200)
+
+    def _defaults(self, entity: str, rid: int, now: int) -> dict[str, Any]:
+        if entity == "deals":
+            return {"title": "", "owner_id": 1, "person_id": None, "org_id": None, "pipeline_id": 1, "stage_id": 1,
+                    "value": 0.0, "currency": "USD", "stage_change_time": None, "probability": None,
+                    "lost_reason": None, "visible_to": 3, "close_time": None, "won_time": None, "lost_time": None,
+                    "expected_close_date": None, "label_ids": [], "origin": "API", "origin_id": None,
+                    "channel": None, "channel_id": None, "source_lead_id": None}
+        if entity == "persons":
+            return {"name": "", "owner_id": 1, "org_id": None, "emails": [], "phones": [], "visible_to": 3,
+                    "label_ids": []}
+        if entity == "organizations":
+            return {"name": "", "owner_id": 1, "visible_to": 3, "label_ids": [], "address": None, "website": None}
+        if entity == "activities":
+            return {"subject": "", "type": "task", "owner_id": 1, "creator_user_id": 1, "deal_id": None,
+                    "person_id": None, "org_id": None, "due_date": None, "done": False, "busy": False,
+                    "participants": [], "attendees": []}
+        if entity == "products":
+            return {"name": "", "code": None, "owner_id": 1, "is_linkable": True, "visible_to": 3, "prices": []}
+        if entity == "leads":
+            return {"title": "", "owner_id": 1, "creator_id": 1, "label_ids": [], "person_id": None,
+                    "organization_id": None, "source_name": "API", "origin": "API", "origin_id": None,
+                    "channel": None, "channel_id": None, "source_deal_id": None, "was_seen": False, "value": None,
+                    "expected_close_date": None, "next_activity_id": None, "visible_to": "3",
+                    "cc_email": "leads@sandbox.example"}
         if entity == "notes":
-            return JSONResponse({"success": True, "data": True})
-        return JSONResponse({"success": True, "data": {"id": record["id"]}})
+            return {"content": "", "user_id": 1, "deal_id": None, "person_id": None, "org_id": None,
+                    "lead_id": None, "project_id": None, "task_id": None, "active_flag": True,
+                    "pinned_to_deal_flag": False, "pinned_to_person_flag": False,
+                    "pinned_to_organization_flag": False, "pinned_to_lead_flag": False,
+                    "pinned_to_project_flag": False, "pinned_to_task_flag": False, "last_update_user_id": 1}
+        return {"name": "", "order_nr": rid}
+
+    @staticmethod
+    def _deal_status_times(row: dict[str, Any], status: int, now: int) -> None:
+        name = STATUSES[status]
+        row["won_time"] = rfc3339(now) if name == "won" else None
+        row["lost_time"] = rfc3339(now) if name == "lost" else None
+        row["close_time"] = rfc3339(now) if name in ("won", "lost") else None
+
+    def _update(self, entity: str, version: str, rid: int, body: Any) -> JSONResponse:
+        if not isinstance(body, dict):
+            raise bad_request("Validation failed: the request body must be a JSON object")
+        if entity == "notes" and "content" in body and not str(body["content"]).strip():
+            raise bad_request("Validation failed: content: must not be empty")
+        self._check_standard(entity, body, creating=False)
+        custom = self._custom_values(entity, body)
+        self._check_custom(entity, custom)
+        table, now = self.data.tables[entity], int(self.state.clock.now())
+        before = self._texts(entity, rid) if table.exact_index is not None else None
+        row = table.rows.get(rid)
+        if row is None:
+            row = table.rows[rid] = self.data.row(entity, rid)  # seeded: keep it from now on
+        row.update({k: v for k, v in body.items() if k not in READ_ONLY_KEYS and k not in ("status", "is_archived")})
+        if custom and entity != "leads":
+            row["custom_fields"] = {**(row.get("custom_fields") or {}), **custom}
+        if entity == "deals":
+            if "status" in body and STATUSES.index(body["status"]) != table.status[rid]:
+                table.status[rid] = STATUSES.index(body["status"])
+                self._deal_status_times(row, table.status[rid], now)
+            if "stage_id" in body:
+                row["pipeline_id"] = self.data.row("stages", body["stage_id"])["pipeline_id"]
+                row["stage_change_time"] = rfc3339(now)
+        if entity in ("deals", "leads") and "is_archived" in body:
+            if body["is_archived"]:
+                table.flags[rid] |= ARCHIVED
+            else:
+                table.flags[rid] &= ~ARCHIVED & 0xFF
+        table.update_time[rid] = now
+        self._indexed(entity, rid, before)
+        self.data.version += 1
+        return ok(self.view(entity, rid))
+
+    def _delete(self, entity: str, rid: int) -> JSONResponse:
+        table, now = self.data.tables[entity], int(self.state.clock.now())
+        before = self._texts(entity, rid) if table.exact_index is not None else None
+        if entity in ("leads", "notes"):
+            table.flags[rid] |= GONE  # v1: gone for good
+            table.rows.pop(rid, None)
+        else:
+            table.flags[rid] |= DELETED  # v2: kept as deleted (deals are listed with status=deleted)
+            if entity == "deals":
+                table.status[rid] = STATUSES.index("deleted")
+        table.update_time[rid] = now
+        if before is not None and table.exact_index is not None:
+            for text in before:
+                table.exact_index.get(text, set()).discard(rid)
+        self.data.version += 1
+        if entity == "notes":
+            return ok(True)
+        if entity == "leads":
+            return ok({"id": table.uuid_of[rid]})
+        return ok({"id": rid})
+
+    # -- search -------------------------------------------------------------------------------------
+    def _texts(self, entity: str, rid: int, fields: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        """(search field, lower-cased text) pairs of a record."""
+        row = self.data.row(entity, rid)
+        fields = fields or SEARCH_FIELDS[entity]
+        out: list[tuple[str, str]] = []
+        for field in fields:
+            if field in ("name", "title", "code"):
+                values: list[Any] = [row.get(field)]
+            elif field == "email":
+                values = [e.get("value") for e in row.get("emails") or []]
+            elif field == "phone":
+                values = [p.get("value") for p in row.get("phones") or []]
+            elif field == "address":
+                address = row.get("address")
+                values = [address.get("value") if isinstance(address, dict) else address]
+            elif field == "custom_fields":
+                custom = row if entity == "leads" else row.get("custom_fields") or {}
+                values = []
+                for key, definition in self.data.custom[entity].items():
+                    value = custom.get(key)
+                    if definition["field_type"] not in SEARCHABLE_TYPES or value is None:
+                        continue
+                    values.append(value.get("value") if isinstance(value, dict) else value)
+            else:  # notes: not indexed by the sandbox
+                values = []
+            out += [(field, _plain(v).strip().lower()) for v in values if v not in (None, "")]
+        return out
+
+    def _indexed(self, entity: str, rid: int, before: list[tuple[str, str]] | None) -> None:
+        """Keep the exact-match index current after a write."""
+        table = self.data.tables[entity]
+        if entity not in SEARCHABLE or table.exact_index is None:
+            return
+        for text in before or []:
+            table.exact_index.get(text, set()).discard(rid)
+        for text in self._texts(entity, rid):
+            table.exact_index.setdefault(text, set()).add(rid)
+
+    def _exact_index(self, entity: str) -> dict[tuple[str, str], set[int]]:
+        table = self.data.tables[entity]
+        if table.exact_index is None:
+            index: dict[tuple[str, str], set[int]] = {}
+            for rid in table.ids():
+                if table.flags[rid] & DELETED:
+                    continue
+                for text in self._texts(entity, rid):
+                    index.setdefault(text, set()).add(rid)
+            table.exact_index = index
+        return table.exact_index
 
     def _search(self, entity: str | None, query: dict[str, str]) -> JSONResponse:
-        term = query.get("term", "")
-        exact = query.get("exact_match", "false").lower() == "true"
+        term = (query.get("term") or "").strip()
+        exact = (query.get("exact_match") or "false").lower() == "true"
         if len(term) < (1 if exact else 2):
-            return error(400, "Search term must be at least 2 characters long (1 with exact_match)")
-        fields = set(query.get("fields", "").split(",")) - {""}
-        entities = [entity] if entity else ["deals", "persons", "organizations"]
-        items = []
+            raise bad_request("Validation failed: term: the search term must be at least 2 characters long "
+                              "(1 with exact_match=true)")
+        limit = self._limit_param(query)
+        if entity is None:
+            types = [t for t in (query.get("item_types") or "").split(",") if t] or list(ITEM_TYPES)
+            unknown = [t for t in types if t not in ITEM_TYPES]
+            if unknown:
+                raise bad_request(f"Validation failed: item_types: unsupported {unknown}")
+            entities = [ITEM_TYPES[t] for t in types]
+        else:
+            entities = [entity]
         wanted = term.lower()
+        found: list[tuple[float, str, int]] = []
         for ent in entities:
-            custom_keys = set(self.data.custom_defs(ent))
-            for record in self.data.records[ent].values():
-                if record.get("is_deleted"):
+            allowed = SEARCH_FIELDS[ent]
+            fields = tuple(f for f in (query.get("fields") or "").split(",") if f) or allowed
+            if entity is not None and set(fields) - set(allowed):
+                raise bad_request(f"Validation failed: fields: {sorted(set(fields) - set(allowed))} cannot be "
+                                  f"searched; searchable: {', '.join(allowed)}")
+            fields = tuple(f for f in fields if f in allowed)
+            if exact:
+                index = self._exact_index(ent)
+                hits = set().union(*(index.get((f, wanted), set()) for f in fields))
+                found += [(1.0, ent, rid) for rid in sorted(hits)]
+                continue
+            table = self.data.tables[ent]
+            for rid in table.ids():
+                if table.flags[rid] & DELETED:
                     continue
-                candidates: list[Any] = []
-                if not fields or "name" in fields or "title" in fields:
-                    candidates += [record.get("name"), record.get("title")]
-                if not fields or "email" in fields:
-                    candidates += [e.get("value") for e in record.get("emails") or []]
-                if not fields or "phone" in fields:
-                    candidates += [p.get("value") for p in record.get("phones") or []]
-                if not fields or "custom_fields" in fields:
-                    candidates += [v for k, v in (record.get("custom_fields") or {}).items()
-                                   if k in custom_keys and isinstance(v, (str, int, float))]
-                texts = [str(c).lower() for c in candidates if c is not None]
-                hit = wanted in texts if exact else any(wanted in t for t in texts)
-                if hit:
-                    item = {"id": record["id"], "type": ent[:-1], "name": record.get("name") or record.get("title")}
-                    items.append({"result_score": 1.0 if exact else 0.5, "item": item})
-        limit = min(int(query.get("limit", 100)), MAX_LIMIT)
-        return JSONResponse({"success": True, "data": {"items": items[:limit]},
-                             "additional_data": {"next_cursor": None}})
+                texts = [t for _, t in self._texts(ent, rid, fields) if wanted in t]
+                if texts:
+                    found.append((round(min(1.0, 0.2 + len(wanted) / min(len(t) for t in texts)), 4), ent, rid))
+        found.sort(key=lambda f: (-f[0], f[1], f[2]))
+        start = 0
+        if query.get("cursor"):
+            try:
+                start = int(decode_cursor(query["cursor"])["o"])
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise bad_request("Validation failed: cursor: Invalid cursor") from None
+        page = found[start : start + limit]
+        items = [{"result_score": score,
+                  "item": {k: v for k, v in self._search_item(ent, rid).items()
+                           if v is not None or k in ("person", "organization")}}
+                 for score, ent, rid in page]
+        next_cursor = encode_cursor({"o": start + limit}) if start + limit < len(found) else None
+        data: dict[str, Any] = {"items": items}
+        if entity is None:
+            data["related_items"] = []
+        return ok(data, {"next_cursor": next_cursor})
 
+    def _search_item(self, entity: str, rid: int) -> dict[str, Any]:
+        row = self.data.row(entity, rid)
+        owner = {"id": row.get("owner_id") or 1}
+        custom_texts = [t for f, t in self._texts(entity, rid, ("custom_fields",))]
+        org_id = row.get("org_id") or row.get("organization_id")
+        organization = ({"id": org_id, "name": self.data.row("organizations", org_id).get("name"), "address": None}
+                        if isinstance(org_id, int) and self.data.tables["organizations"].exists(org_id) else None)
+        person_id = row.get("person_id")
+        person = ({"id": person_id, "name": self.data.row("persons", person_id).get("name")}
+                  if isinstance(person_id, int) and self.data.tables["persons"].exists(person_id) else None)
+        table = self.data.tables[entity]
+        if entity == "deals":
+            stage_id = row.get("stage_id") or 1
+            return {"id": rid, "type": "deal", "title": row.get("title"), "value": row.get("value"),
+                    "currency": row.get("currency"), "status": STATUSES[table.status[rid]],
+                    "visible_to": row.get("visible_to", 3), "owner": owner,
+                    "stage": {"id": stage_id, "name": self.data.row("stages", stage_id)["name"]},
+                    "person": person, "organization": organization, "custom_fields": custom_texts, "notes": [],
+                    "is_archived": bool(table.flags[rid] & ARCHIVED)}
+        if entity == "persons":
+            return {"id": rid, "type": "person", "name": row.get("name"),
+                    "phones": [p["value"] for p in row.get("phones") or []],
+                    "emails": [e["value"] for e in row.get("emails") or []], "visible_to": row.get("visible_to", 3),
+                    "owner": owner, "organization": organization, "custom_fields": custom_texts, "notes": []}
+        if entity == "organizations":
+            address = row.get("address")
+            return {"id": rid, "type": "organization", "name": row.get("name"),
+                    "address": address.get("value") if isinstance(address, dict) else address,
+                    "visible_to": row.get("visible_to", 3), "owner": owner, "custom_fields": custom_texts,
+                    "notes": []}
+        if entity == "products":
+            return {"id": rid, "type": "product", "name": row.get("name"), "code": row.get("code"),
+                    "visible_to": row.get("visible_to", 3), "owner": owner, "custom_fields": custom_texts}
+        value = row.get("value") or {}
+        return {"id": table.uuid_of[rid], "type": "lead", "title": row.get("title"), "owner": owner,
+                "person": person, "organization": organization, "phones": [], "emails": [],
+                "custom_fields": custom_texts, "notes": [], "value": value.get("amount"),
+                "currency": value.get("currency"), "visible_to": int(row.get("visible_to") or 3),
+                "is_archived": bool(table.flags[rid] & ARCHIVED)}
+
+    # -- fields -------------------------------------------------------------------------------------
     def _fields(self, version: str, entity: str, query: dict[str, str]) -> JSONResponse:
-        defs = self.data.fields.get(entity, [])
+        defs = self.data.fields[entity]
+        limit = self._limit_param(query)
         if version == "v2":
-            items = [{"field_code": d["key"], "field_name": d["name"], "field_type": d["field_type"],
-                      "is_custom_field": d["is_custom_field"], "options": d.get("options")} for d in defs]
-            return JSONResponse({"success": True, "data": items, "additional_data": {"next_cursor": None}})
-        items = [{"id": i + 1, **d} for i, d in enumerate(defs)]
-        return JSONResponse({"success": True, "data": items, "additional_data": {"pagination": {
-            "start": 0, "limit": 500, "more_items_in_collection": False}}})
+            start = 0
+            if query.get("cursor"):
+                try:
+                    start = int(decode_cursor(query["cursor"])["o"])
+                except (ValueError, KeyError, TypeError, binascii.Error):
+                    raise bad_request("Validation failed: cursor: Invalid cursor") from None
+            page = defs[start : start + limit]
+            items = [self._field_v2(d) for d in page]
+            next_cursor = encode_cursor({"o": start + limit}) if start + limit < len(defs) else None
+            return ok(items, {"next_cursor": next_cursor})
+        start = int(query.get("start") or 0)
+        page = defs[start : start + limit]
+        more = start + limit < len(defs)
+        extra: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+        if more:
+            extra["next_start"] = start + limit
+        return ok([self._field_v1(d) for d in page], extra)
+
+    def _subfields(self, definition: dict[str, Any]) -> list[dict[str, Any]] | None:
+        key, name = definition["key"], definition["name"]
+        if definition["field_type"] == "monetary":
+            return [{"field_code": f"{key}_currency", "field_name": f"Currency of {name}", "field_type": "varchar"}]
+        if definition["field_type"] == "address":
+            return [{"field_code": f"{key}_{part}", "field_name": f"{label} of {name}", "field_type": "varchar"}
+                    for part, label in (("locality", "City"), ("country", "Country"), ("postal_code", "ZIP code"))]
+        return None
+
+    def _field_v2(self, definition: dict[str, Any]) -> dict[str, Any]:
+        return {"field_name": definition["name"], "field_code": definition["key"],
+                "field_type": definition["field_type"], "options": definition["options"],
+                "subfields": self._subfields(definition), "is_custom_field": definition["is_custom_field"],
+                "is_optional_response_field": False,
+                "ui_visibility": {"add_visible_flag": True, "details_visible_flag": True}}
+
+    def _field_v1(self, definition: dict[str, Any]) -> dict[str, Any]:
+        custom = definition["is_custom_field"]
+        added = v1_time(self.data.now - 800 * DAY)
+        subfields = [{"key": s["field_code"], "name": s["field_name"], "field_type": s["field_type"]}
+                     for s in self._subfields(definition) or []]
+        out = {"id": definition["id"], "key": definition["key"], "name": definition["name"],
+                "order_nr": definition["order_nr"], "field_type": definition["field_type"], "add_time": added,
+                "update_time": added, "last_updated_by_user_id": 1 if custom else None,
+                "created_by_user_id": 1 if custom else None, "active_flag": True, "edit_flag": custom,
+                "index_visible_flag": True, "details_visible_flag": True, "add_visible_flag": True,
+                "important_flag": False, "bulk_edit_allowed": True,
+                "searchable_flag": definition["field_type"] in SEARCHABLE_TYPES, "filtering_allowed": True,
+                "sortable_flag": True, "mandatory_flag": definition["key"] in ("title", "name"),
+                "options": definition["options"], "is_subfield": False}
+        if subfields:  # "only present when the field has subfields"
+            out["subfields"] = subfields
+        return out
+
+    # -- v1 extras ----------------------------------------------------------------------------------
+    def _v1_record(self, entity: str, rid: int) -> dict[str, Any]:
+        """The legacy v1 shape of a v2 entity (``recents``): linked ids as objects, custom fields at the top
+        level, ``YYYY-MM-DD HH:MM:SS`` times."""
+        if entity in V1_ENTITIES:
+            return self.view(entity, rid)
+        out = self.view(entity, rid)
+        table = self.data.tables[entity]
+        custom = out.pop("custom_fields", None) or {}
+        for key, value in custom.items():
+            if isinstance(value, dict) and "currency" in value:
+                out[key], out[f"{key}_currency"] = value.get("value"), value.get("currency")
+            elif isinstance(value, list):
+                out[key] = ",".join(str(v) for v in value)
+            else:
+                out[key] = value
+        out["add_time"], out["update_time"] = v1_time(table.add_time[rid]), v1_time(table.update_time[rid])
+        out["active_flag"] = not out.pop("is_deleted", False)
+        owner = next((u for u in USERS if u["id"] == out.get("owner_id")), None)
+        if owner and entity in ("deals", "organizations"):
+            out["owner_id"] = {
+                "id": owner["id"], "name": owner["name"], "email": owner["email"], "has_pic": 0, "pic_hash": None,
+                "active_flag": True, "value": owner["id"]}
+            if entity == "deals":
+                out["user_id"] = owner["id"]
+        if "visible_to" in out:
+            out["visible_to"] = str(out["visible_to"])
+        if entity == "persons":
+            out["email"], out["phone"] = out.pop("emails", []), out.pop("phones", [])
+        if entity == "deals":
+            out["active"] = out["status"] == "open"
+            out["deleted"] = False
+        return out
+
+    def _thread_view(self, thread: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in thread.items() if k != "folder"}
+        for name in ("add_time", "update_time"):
+            out[name] = v1_time(thread[name])
+        for name in ("last_message_timestamp", "first_message_timestamp", "last_message_received_timestamp"):
+            out[name] = rfc3339(thread[name]).replace("Z", ".000Z")
+        return out
+
+    def _message_view(self, message: dict[str, Any]) -> dict[str, Any]:
+        out = dict(message)
+        for name in ("message_time", "add_time", "update_time"):
+            out[name] = v1_time(message[name])
+        return out
 
     def _mailbox(self, parts: list[str], query: dict[str, str]) -> JSONResponse:
-        if parts[1:2] == ["mailThreads"] and len(parts) == 2:
-            folder = query.get("folder", "inbox")
+        if parts[1:] == ["mailThreads"]:
+            folder = query.get("folder")
             if folder not in ("inbox", "drafts", "sent", "archive"):
-                return error(400, "Invalid folder")
-            threads = [t for t in self.data.threads if t["folder"] == folder]
-            start, limit = int(query.get("start", 0)), int(query.get("limit", 50))
+                raise bad_request("Validation failed: folder: Invalid enum value. Expected 'inbox' | 'drafts' | "
+                                  "'sent' | 'archive'")
+            limit = self._limit_param(query, default=50)
+            start = int(query.get("start") or 0)
+            threads = sorted((t for t in self.data.threads if t["folder"] == folder),
+                             key=lambda t: (-t["update_time"], t["id"]))
             page = threads[start : start + limit]
             more = start + limit < len(threads)
-            return JSONResponse({"success": True, "data": page, "additional_data": {"pagination": {
-                "start": start, "limit": limit, "more_items_in_collection": more,
-                **({"next_start": start + limit} if more else {})}}})
-        if len(parts) == 4 and parts[1] == "mailThreads" and parts[3] == "mailMessages" and parts[2].isdigit():
-            thread_id = int(parts[2])
-            if thread_id not in self.data.messages:
-                return error(404, "Entity was not found", "Object was not found.")
-            return JSONResponse({"success": True, "data": self.data.messages[thread_id]})
-        return error(404, "Unknown method .")
+            pagination: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+            if more:
+                pagination["next_start"] = start + limit
+            return ok([self._thread_view(t) for t in page], {"pagination": pagination})
+        if len(parts) == 4 and parts[1] == "mailThreads" and parts[3] == "mailMessages":
+            if not parts[2].isdigit() or int(parts[2]) not in self.data.messages:
+                raise ApiError(not_found())
+            return ok([self._message_view(m) for m in self.data.messages[int(parts[2])]])
+        if len(parts) == 3 and parts[1] == "mailThreads" and parts[2].isdigit():
+            thread = next((t for t in self.data.threads if t["id"] == int(parts[2])), None)
+            if thread is None:
+                raise ApiError(not_found())
+            return ok(self._thread_view(thread))
+        raise ApiError(unknown_path())
 
     def _recents(self, query: dict[str, str]) -> JSONResponse:
         try:
-            since = _parse_time(query["since_timestamp"])
-        except (KeyError, ValueError):
-            return error(400, "Parameter 'since_timestamp' is required (YYYY-MM-DD HH:MM:SS)")
-        items = query.get("items", "deal")
-        entity = {"deal": "deals", "person": "persons", "organization": "organizations"}.get(items, "deals")
-        data = [{"item": items, "id": r["id"], "data": None if r.get("is_deleted") else self.data.view(entity, r)}
-                for r in self.data.records[entity].values() if r["update_time"] >= since]
-        return JSONResponse({"success": True, "data": data, "additional_data": {"pagination": {
-            "start": 0, "limit": len(data), "more_items_in_collection": False}}})
+            since = parse_time(query.get("since_timestamp") or "", "v1")
+        except ValueError:
+            raise bad_request("Validation failed: since_timestamp: Required, format YYYY-MM-DD HH:MM:SS") from None
+        now = int(self.state.clock.now())
+        since = max(since, now - 30 * DAY)  # Pipedrive keeps about one month of history
+        kinds = [k for k in (query.get("items") or "deal,person,organization").split(",") if k]
+        entity_of = {"deal": "deals", "person": "persons", "organization": "organizations", "product": "products",
+                     "activity": "activities", "note": "notes", "lead": "leads"}
+        if set(kinds) - set(entity_of):
+            raise bad_request(f"Validation failed: items: unsupported {sorted(set(kinds) - set(entity_of))}")
+        changed: list[tuple[int, str, int]] = []
+        for kind in kinds:
+            table = self.data.tables[entity_of[kind]]
+            updated = table.update_time
+            changed += [(updated[rid], kind, rid) for rid in range(1, table.next_id) if updated[rid] >= since]
+        changed.sort()
+        limit = self._limit_param(query)
+        start = int(query.get("start") or 0)
+        page = changed[start : start + limit]
+        data = []
+        for _, kind, rid in page:
+            entity = entity_of[kind]
+            table = self.data.tables[entity]
+            gone = table.flags[rid] & (DELETED | GONE)
+            record = None if gone else self._v1_record(entity, rid)
+            data.append({"item": kind, "id": table.uuid_of.get(rid, rid) if entity == "leads" else rid,
+                         "data": record})
+        more = start + limit < len(changed)
+        pagination: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+        if more:
+            pagination["next_start"] = start + limit
+        return ok(data, {"since_timestamp": v1_time(since),
+                         "last_timestamp_on_page": v1_time(page[-1][0]) if page else v1_time(since),
+                         "pagination": pagination})
+
+
+def sort_key_of(cursor: dict[str, Any]) -> tuple[int, int]:
+    key = cursor["k"]
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, int) for k in key)):
+        raise ValueError("bad cursor key")
+    return key[0], key[1]

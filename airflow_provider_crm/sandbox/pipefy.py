@@ -861,7 +861,8 @@ class PipefyService:
         roots = [s.name.value for op in operations[:1] for s in op.selection_set.selections
                  if hasattr(s, "name")]
         is_mutation = any(op.operation.value == "mutation" for op in operations)
-        entry = _Document(None if errors else document, errors, ",".join(roots) or "graphql", is_mutation)
+        label = operations[0].name.value if len(operations) == 1 and operations[0].name else ",".join(roots)
+        entry = _Document(None if errors else document, errors, label or "graphql", is_mutation)
         if len(self._documents) >= 1000:
             self._documents.clear()
         self._documents[query] = entry

@@ -53,7 +53,11 @@ def test_nightly_exports_write_every_file(airflow_env, sandbox_env, sandbox, tmp
     deals = [json.loads(line) for line in next((out / "pipedrive" / "deals").glob("*.jsonl")).read_text().splitlines()]
     state = requests.get(f"{sandbox.url}/pipedrive/_state/deals", timeout=10).json()
     live = {d["id"] for d in state if not d["is_deleted"] and not d["is_archived"]}
-    assert {d["id"] for d in deals} == live
+    deleted = {d["id"] for d in state if d["is_deleted"]}
+    assert {d["id"] for d in deals if not d.get("_deleted")} == live
+    # the DAG asks for tombstones: every deal deleted in the sandbox's seed appears once, marked
+    tombstones = [d["id"] for d in deals if d.get("_deleted")]
+    assert deleted and sorted(tombstones) == sorted(deleted)
     assert all("Onboarding plan" in d for d in deals)  # custom fields by name, not hash
     assert not any(len(k) == 40 for d in deals[:20] for k in d)
     cards = (out / "pipefy" / "onboarding").glob("*.jsonl")

@@ -42,7 +42,7 @@ print(json.dumps(out))
     assert out["hooks"]["pipefy"] == ["airflow_provider_crm.hooks.pipefy.PipefyHook", "pipefy_conn_id"]
     assert out["hooks"]["pipedrive"] == ["airflow_provider_crm.hooks.pipedrive.PipedriveHook", "pipedrive_conn_id"]
     for name in ("client_id", "client_secret", "oauth_token_url", "plan", "requests_per_30s", "monthly_quota",
-                 "rate_limit_store"):
+                 "rate_limit_store", "web_url"):
         assert f"extra__pipefy__{name}" in out["widgets"]
     for name in ("client_id", "client_secret", "refresh_token", "company_domain", "plan", "seats",
                  "requests_per_2s", "daily_token_budget", "rate_limit_store"):
