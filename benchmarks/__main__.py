@@ -41,7 +41,7 @@ class Scenario:
 def start_sandbox(args: list[str], latency_ms: float) -> tuple[subprocess.Popen, dict[str, Any]]:
     info_file = Path(tempfile.mkdtemp(prefix="crm-bench-sbx-")) / "info.json"
     proc = subprocess.Popen([str(BIN / "crm-sandbox"), "--port", "0", "--info-file", str(info_file),
-                             "--latency-ms", str(latency_ms), *args], stdout=subprocess.DEVNULL,
+                             "--latency-ms", str(latency_ms), "--prerender", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not info_file.exists():

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.errors import CrmInputError
-from airflow_provider_crm.common.export import _json_default, as_path
+from airflow_provider_crm.common.export import as_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class UpsertReport:
             if self._rejects is None:
                 self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
                 self._rejects = self.rejects_path.open("w", encoding="utf-8")
-            self._rejects.write(json.dumps(entry, default=_json_default, ensure_ascii=False) + "\n")
+            self._rejects.write(jsoncodec.dumps(entry).decode() + "\n")
             self._rejects.flush()
 
     @property

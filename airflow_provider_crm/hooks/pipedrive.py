@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import httpx
 import requests
 from airflow.sdk import BaseHook
 
-from airflow_provider_crm.common import connection_form
+from airflow_provider_crm.common import connection_form, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
     CrmAuthError,
@@ -197,6 +199,10 @@ class FieldMap:
         self.by_key = {d["key"]: d for d in self.custom}
         self.by_name = {str(d["name"]).lower(): d for d in self.custom}
         self.standard_keys = {str(d.get("key")) for d in definitions if not _is_custom(d)}
+        # decoding runs for every custom value of every exported record: look-ups, not scans
+        self._names = {key: str(d["name"]) for key, d in self.by_key.items()}
+        self._labels = {key: {o["id"]: o["label"] for o in d.get("options") or []} for key, d in self.by_key.items()}
+        self._sets = {key for key, d in self.by_key.items() if d.get("field_type") == "set"}
 
     def key_for(self, name: str) -> str:
         if name in self.by_key:
@@ -265,30 +271,26 @@ class FieldMap:
         return one(value)
 
     def decode(self, key: str, value: Any) -> Any:
-        definition = self.by_key.get(key)
-        if not definition or value is None:
-            return value
-        options = {o["id"]: o["label"] for o in definition.get("options") or []}
-        if not options:
+        """A read value with option ids replaced by their labels (sets: a list of labels)."""
+        options = self._labels.get(key)
+        if not options or value is None:
             return value
         if isinstance(value, list):
             return [options.get(v, v) for v in value]
-        if isinstance(value, str) and "," in value and definition.get("field_type") == "set":
+        if isinstance(value, str) and "," in value and key in self._sets:
             return [options.get(int(v) if v.isdigit() else v, v) for v in value.split(",")]
         return options.get(value, value)
 
     def rename_record(self, record: dict[str, Any], labels: bool = True) -> dict[str, Any]:
         """Custom fields under their names (v2 ``custom_fields`` or v1 top-level hash keys)."""
         out = dict(record)
-        nested = out.pop("custom_fields", None)
-        values: dict[str, Any] = dict(nested or {})
-        for key in list(out):
-            if key in self.by_key:
-                values[key] = out.pop(key)
+        values: dict[str, Any] = out.pop("custom_fields", None) or {}
+        top_level = self._names.keys() & out.keys()  # v1 answers put custom fields beside the standard ones
+        if top_level:
+            values = {**values, **{key: out.pop(key) for key in top_level}}
+        names, decode = self._names, self.decode
         for key, value in values.items():
-            definition = self.by_key.get(key)
-            name = definition["name"] if definition else key
-            out[name] = self.decode(key, value) if labels else value
+            out[names.get(key, key)] = decode(key, value) if labels else value
         return out
 
 
@@ -507,7 +509,7 @@ class PipedriveHook(BaseHook):
         return f"{self.settings['base_url']}/api/{version}/{path.lstrip('/')}"
 
     def _request_once(self, method: str, version: str, path: str, params: dict[str, Any] | None,
-                      json_body: Any, kind: str) -> dict[str, Any]:
+                      json_body: Any, kind: str, lazy: bool = False) -> Any:
         cost = pipedrive_token_cost(method, path, version)
         self.limiter.before_request(kind=kind, cost=cost)
         what = f"{method} /api/{version}{path}"
@@ -528,8 +530,15 @@ class PipedriveHook(BaseHook):
                 continue
             break
         assert resp is not None
+        if lazy and resp.status_code < 400:
+            try:
+                envelope = jsoncodec.loads_envelope(resp.content)
+            except ValueError:
+                envelope = None
+            if envelope is not None and envelope.success is not False:
+                return envelope
         try:
-            body = resp.json()
+            body = jsoncodec.loads(resp.content)
         except ValueError:
             body = None
         if resp.status_code >= 400 or not isinstance(body, dict) or body.get("success") is False:
@@ -564,20 +573,42 @@ class PipedriveHook(BaseHook):
             yield from self.request("GET", version, path, params=params or None).get("data") or []
             return
         params = {**(params or {}), "limit": min(page_size, MAX_PAGE)}
-        while True:
-            body = self.request("GET", version, path, params=params)
-            yield from body.get("data") or []
-            extra = body.get("additional_data") or {}
-            if style == "cursor":
-                cursor = extra.get("next_cursor")
-                if not cursor:
-                    return
-                params["cursor"] = cursor
-            else:
-                pagination = extra.get("pagination") or {}
-                if not pagination.get("more_items_in_collection"):
-                    return
-                params["start"] = pagination.get("next_start", params.get("start", 0) + params["limit"])
+
+        def fetch(page_params: dict[str, Any]) -> jsoncodec.Envelope:
+            return call_with_retries(
+                lambda: self._request_once("GET", version, path, page_params, None, "read", lazy=True),
+                idempotent=True, description=f"GET {path}", stats=self.limiter.stats,
+            )
+
+        # A reader thread runs one page ahead: it sends the next request as soon as it has read
+        # this page's cursor (a tenth of a full decode), while this page is decoded and consumed
+        # here. Still one request in flight per call; at most two pages wait in memory.
+        pages: queue.Queue[Any] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def read_ahead(page_params: dict[str, Any] | None) -> None:
+            try:
+                while page_params is not None and not stop.is_set():
+                    envelope = fetch(page_params)
+                    page_params = _next_page_params(style, page_params, envelope.additional_data)
+                    pages.put(envelope)
+            except BaseException as err:  # handed to the consumer, raised there
+                pages.put(err)
+            finally:
+                pages.put(None)
+
+        reader = threading.Thread(target=read_ahead, args=(dict(params),), name="crm-page", daemon=True)
+        reader.start()
+        try:
+            while (item := pages.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield from jsoncodec.loads(item.data) or []
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting to hand over a page
+                with contextlib.suppress(queue.Empty):
+                    pages.get(timeout=0.05)
 
     # -- entities ----------------------------------------------------------------------------------
     def field_map(self, entity: str) -> FieldMap:
@@ -705,6 +736,18 @@ class PipedriveHook(BaseHook):
 
     def thread_messages(self, thread_id: Any) -> list[dict[str, Any]]:
         return self.request("GET", "v1", f"/mailbox/mailThreads/{thread_id}/mailMessages").get("data") or []
+
+
+def _next_page_params(style: str, params: dict[str, Any], extra: Any) -> dict[str, Any] | None:
+    """Parameters of the page after the one whose ``additional_data`` is ``extra``; None at the end."""
+    extra = extra if isinstance(extra, dict) else {}
+    if style == "cursor":
+        cursor = extra.get("next_cursor")
+        return {**params, "cursor": cursor} if cursor else None
+    pagination = extra.get("pagination") or {}
+    if not pagination.get("more_items_in_collection"):
+        return None
+    return {**params, "start": pagination.get("next_start", params.get("start", 0) + params["limit"])}
 
 
 def _normalise_definition(definition: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,17 @@ module holds only what both need.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import msgspec
+from starlette.responses import JSONResponse
 
 # Tokens the sandbox accepts out of the box; printed at start so users can copy them.
 DEFAULT_PIPEFY_TOKEN = "sandbox-pipefy-token"
@@ -47,6 +52,8 @@ class SandboxConfig:
     # latency added to every API answer (not to control endpoints)
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    # render every record's JSON at start (benchmarks: the emulator's CPU is not the client's cost)
+    prerender: bool = False
     # random faults, as fractions of API requests
     error_rate: float = 0.0  # 500 before doing anything
     lost_answer_rate: float = 0.0  # do the work, then answer 502 (the answer is lost)
@@ -205,3 +212,26 @@ class SandboxState:
         if self.config.jitter_ms:
             base += self.random.uniform(0, self.config.jitter_ms / 1000.0)
         return base
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON answer encoded by msgspec: the sandbox serves 500-record pages, and the standard
+    encoder's time there would be counted against the client in benchmarks."""
+
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@functools.lru_cache(maxsize=8192)
+def utc_day(days: int) -> str:
+    """``YYYY-MM-DD`` of a day number since the epoch (cached: a page's records share few days)."""
+    return (_EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+def utc_text(ts: float, sep: str = "T", suffix: str = "Z") -> str:
+    """A UTC time in whole seconds, ``YYYY-MM-DD<sep>HH:MM:SS<suffix>``, without datetime objects."""
+    days, rem = divmod(int(ts), 86_400)
+    return f"{utc_day(days)}{sep}{rem // 3600:02d}:{rem // 60 % 60:02d}:{rem % 60:02d}{suffix}"

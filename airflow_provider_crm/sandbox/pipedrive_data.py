@@ -15,10 +15,9 @@ import hashlib
 import uuid
 from array import array
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_crm.sandbox.core import SandboxState
+from airflow_provider_crm.sandbox.core import SandboxState, utc_day, utc_text
 
 DAY = 86_400
 # flags
@@ -64,7 +63,7 @@ def lead_uuid(seed: int, n: int) -> str:
 
 
 def day_text(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+    return utc_day(int(ts) // DAY)
 
 
 # -- field definitions ------------------------------------------------------------------------------
@@ -280,11 +279,21 @@ class PipedriveData:
                 "mail_message_party_id": who, "linked_organization_id": None}
 
     # -- seeded rows (built on demand) ---------------------------------------------------------------
+    def definition(self, entity: str, name: str) -> dict[str, Any]:
+        """A field's definition by its name (the first of that name, as Pipedrive's UI shows it)."""
+        by_name = self.__dict__.get("_by_name")
+        if by_name is None:  # built once; seeded rows look fields up by name for every record
+            by_name = self.__dict__["_by_name"] = {}
+            for ent, defs in self.fields.items():
+                for d in defs:
+                    by_name.setdefault((ent, d["name"]), d)
+        return by_name[(entity, name)]
+
     def key(self, entity: str, name: str) -> str:
-        return next(d["key"] for d in self.fields[entity] if d["name"] == name)
+        return str(self.definition(entity, name)["key"])
 
     def option(self, entity: str, name: str, index: int) -> int:
-        options = next(d for d in self.fields[entity] if d["name"] == name)["options"]
+        options = self.definition(entity, name)["options"]
         return int(options[index % len(options)]["id"])
 
     def _person_name(self, n: int) -> str:
@@ -464,4 +473,4 @@ class PipedriveData:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(ts)

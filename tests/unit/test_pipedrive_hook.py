@@ -140,3 +140,38 @@ def test_export_applies_the_interval_end_where_the_api_has_no_updated_until(monk
     assert summary["records"] == 1
     url = responses.calls[0].request.url
     assert "updated_since=2026-03-01+09%3A00%3A00" in url and "updated_until" not in url
+
+
+@responses.activate
+def test_next_page_is_requested_while_this_one_is_consumed(monkeypatch):
+    _conn(monkeypatch, "pd", password="tok", host="https://pd.test")
+    for cursor, nxt in ((None, "c2"), ("c2", "c3"), ("c3", None)):
+        match = [matchers.query_param_matcher({"limit": "500", **({"cursor": cursor} if cursor else {})})]
+        responses.get("https://pd.test/api/v2/deals", match=match,
+                      json={"success": True, "data": [{"id": cursor or "c1"}], "additional_data": {"next_cursor": nxt}})
+    pages = PipedriveHook("pd").paginate("v2", "/deals")
+    assert next(pages) == {"id": "c1"}
+    deadline = datetime.now(timezone.utc).timestamp() + 5
+    while len(responses.calls) < 2 and datetime.now(timezone.utc).timestamp() < deadline:
+        pass
+    assert len(responses.calls) >= 2  # page 2 left before page 1 was done with
+    assert [r["id"] for r in pages] == ["c2", "c3"]
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_a_failing_page_raises_after_the_pages_before_it_and_the_reader_stops(monkeypatch):
+    import threading
+
+    _conn(monkeypatch, "pd", password="tok", host="https://pd.test")
+    responses.get("https://pd.test/api/v2/deals", match=[matchers.query_param_matcher({"limit": "500"})],
+                  json={"success": True, "data": [{"id": 1}, {"id": 2}], "additional_data": {"next_cursor": "c2"}})
+    responses.get("https://pd.test/api/v2/deals",
+                  match=[matchers.query_param_matcher({"limit": "500", "cursor": "c2"})],
+                  status=400, json={"success": False, "error": "Validation failed: cursor: Invalid cursor"})
+    got = []
+    with pytest.raises(Exception, match="Invalid cursor"):
+        for record in PipedriveHook("pd").paginate("v2", "/deals"):
+            got.append(record["id"])
+    assert got == [1, 2]
+    assert not [t for t in threading.enumerate() if t.name == "crm-page"]

@@ -1,0 +1,177 @@
+"""Parallel export of a time range whose records are not spread evenly over it.
+
+Equal time slices are only as fast as the fullest one: in a CRM most records were updated lately,
+so of four equal slices of a year two or three finish at once and one fetches nearly everything
+(measured: four slices ran at the speed of 1.3). Here each slice is fetched in ascending order of
+update time, its position is known, and a worker that runs out of slices takes the second half of
+what the busiest slice has not reached yet: the busy slice stops at the cut, the worker starts there.
+Cuts are whole seconds, as the API's ``updated_since`` / ``updated_until`` are, so nothing is read
+by both or by neither.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+Fetch = Callable[[Any, int, int], Iterator[dict[str, Any]]]
+
+
+@dataclass
+class Slice:
+    """``[start, end)`` in epoch seconds of one stream (``kind``: e.g. live, archived, deleted)."""
+
+    kind: Any
+    start: int
+    end: int
+    position: int | None = None  # update time of the last record taken
+    taken: int = 0
+    running: bool = False
+
+    def remaining_estimate(self) -> float:
+        """Records still ahead, assuming the density seen so far (0 before the first record)."""
+        if self.position is None or self.taken == 0:
+            return 0.0
+        seen_span = max(1, self.position - self.start + 1)
+        return self.taken / seen_span * max(0, self.end - self.position - 1)
+
+
+class SliceScheduler:
+    """Hands out slices to workers and splits the busiest one when none is left.
+
+    :param slices: the initial slices, fetched first in the order given.
+    :param min_split_records: do not split a slice expected to hold fewer records than this
+        (a split wastes the rest of one page: the busy slice stops inside it).
+    """
+
+    def __init__(self, slices: Sequence[Slice], min_split_records: int) -> None:
+        self.pending = list(slices)
+        self.min_split_records = min_split_records
+        self.running: list[Slice] = []
+        self.splits = 0
+        self._cond = threading.Condition()
+
+    def take(self, stop: threading.Event) -> Slice | None:
+        """The next slice to fetch, or None when everything is fetched or being fetched to its end."""
+        with self._cond:
+            while not stop.is_set():
+                if self.pending:
+                    first = self.pending.pop(0)
+                    first.running = True
+                    self.running.append(first)
+                    return first
+                cut = self._split()
+                if cut is not None:
+                    return cut
+                if not self.running:
+                    return None
+                self._cond.wait(0.2)  # a running slice may become worth splitting once it has data
+            return None
+
+    def _split(self) -> Slice | None:
+        busiest = max(self.running, key=Slice.remaining_estimate, default=None)
+        if busiest is None or busiest.position is None:
+            return None
+        if busiest.remaining_estimate() < self.min_split_records:
+            return None
+        cut = busiest.position + 1 + (busiest.end - busiest.position - 1) // 2
+        if not busiest.position < cut < busiest.end:
+            return None
+        piece = Slice(busiest.kind, cut, busiest.end, running=True)
+        busiest.end = cut
+        self.running.append(piece)
+        self.splits += 1
+        return piece
+
+    def accept(self, piece: Slice, position: int | None) -> bool:
+        """Record that ``piece`` reached ``position``; False when that is past its (moved) end.
+
+        A record without a position (no update time) is taken and moves nothing."""
+        with self._cond:
+            if position is not None:
+                if position >= piece.end:
+                    return False
+                piece.position = position if piece.position is None else max(piece.position, position)
+            piece.taken += 1
+            return True
+
+    def finish(self, piece: Slice) -> None:
+        with self._cond:
+            piece.running = False
+            self.running.remove(piece)
+            self._cond.notify_all()
+
+
+def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None], slices: Sequence[Slice],
+                   workers: int, *, min_split_records: int = 2000, max_buffered: int = 2000,
+                   batch_size: int = 250, stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of every slice, fetched by ``workers`` threads, splitting slices as they run.
+
+    :param fetch: ``fetch(kind, start, end)`` yields the records of ``[start, end)`` in ascending
+        update time (the request bounds; the iterator is abandoned when the slice is cut short).
+    :param position: a record's update time in epoch seconds (None if it has none).
+    :param slices: the initial slices.
+    :param workers: threads fetching at once.
+    :param min_split_records: smallest expected remainder worth a split.
+    :param max_buffered: about how many records may wait between the fetchers and the consumer
+        (memory stays flat); they cross in batches of ``batch_size``.
+    :param stats: if given, ``splits`` is set in it at the end.
+    """
+    scheduler = SliceScheduler(slices, min_split_records)
+    done = object()
+    out: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_buffered // max(1, batch_size)))
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while (piece := scheduler.take(stop)) is not None:
+                batch: list[dict[str, Any]] = []
+                records = fetch(piece.kind, piece.start, piece.end)
+                try:
+                    for record in records:
+                        if stop.is_set() or not scheduler.accept(piece, position(record)):
+                            break
+                        batch.append(record)
+                        if len(batch) >= batch_size:
+                            out.put(batch)
+                            batch = []
+                finally:
+                    close = getattr(records, "close", None)
+                    if close is not None:
+                        close()
+                    if batch:
+                        out.put(batch)
+                    scheduler.finish(piece)
+        except BaseException as err:
+            out.put(err)
+        finally:
+            out.put(done)
+
+    workers = max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crm-slice") as pool:
+        for _ in range(workers):
+            pool.submit(work)
+        remaining = workers
+        try:
+            while remaining:
+                item = out.get()
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield from item
+        finally:
+            stop.set()
+            while remaining:  # let blocked workers finish so the pool can shut down
+                try:
+                    if out.get(timeout=0.1) is done:
+                        remaining -= 1
+                except queue.Empty:
+                    pass
+            if stats is not None:
+                stats["splits"] = scheduler.splits
