@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -12,11 +13,11 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer
+from airflow_provider_crm.common.export import freeze_loaded_objects, merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
-from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, PipedriveHook, entity_info
+from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, FieldMap, PipedriveHook, entity_info
 from airflow_provider_crm.links import PipedriveRecordLink
 
 
@@ -274,6 +275,7 @@ class PipedriveExportOperator(_PipedriveOperator):
         self.fieldnames = fieldnames
 
     def execute(self, context: Any) -> dict[str, Any]:
+        freeze_loaded_objects()
         info = entity_info(self.entity)
         start, end = (None, None) if self.full else data_interval(context)
         if start is not None and not info.incremental:
@@ -284,11 +286,17 @@ class PipedriveExportOperator(_PipedriveOperator):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
-        fmap = self.hook.field_map(self.entity) if self.rename_custom_fields and info.fields_endpoint else None
         counts = {"records": 0, "deleted": 0, "archived": 0}
         self._slicing: dict[str, int] = {}
-        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer:
+        # the field definitions load while the first pages are on their way, not before them
+        definitions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-fields")
+        fmap_future = (definitions.submit(self.hook.field_map, self.entity)
+                       if self.rename_custom_fields and info.fields_endpoint else None)
+        fmap: FieldMap | None = None
+        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer, definitions:
             for record in self._records(start, end):
+                if fmap_future is not None and fmap is None:
+                    fmap = fmap_future.result()
                 deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
                 archived = bool(record.get("is_archived"))
                 if fmap is not None:
@@ -402,6 +410,7 @@ class PipedriveMailExportOperator(_PipedriveOperator):
         self.path = path
 
     def execute(self, context: Any) -> dict[str, Any]:
+        freeze_loaded_objects()
         messages = 0
         with open_export_writer(self.path, "jsonl") as writer:
             for thread in self.hook.iter_mail_threads(self.folder):

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer
+from airflow_provider_crm.common.export import freeze_loaded_objects, merge_parallel, open_export_writer
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.hooks.pipefy import (
@@ -399,6 +399,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
         self.max_workers = max_workers
 
     def execute(self, context: Any) -> dict[str, Any]:
+        freeze_loaded_objects()
         hook = self.hook
         pipe = hook.get_pipe(self.pipe_id)
         start, end = (None, None) if self.full else data_interval(context)
@@ -497,6 +498,7 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
         self.full = full
 
     def execute(self, context: Any) -> dict[str, Any]:
+        freeze_loaded_objects()
         hook = self.hook
         table = hook.get_table(self.table_id)
         start, end = (None, None) if self.full else data_interval(context)
