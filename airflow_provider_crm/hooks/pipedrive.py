@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from airflow_provider_crm.common.ratelimit import (
     normalise_pipedrive_plan,
     pipedrive_token_cost,
 )
+from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
 from airflow_provider_crm.get_provider_info import PIPEDRIVE_CONN_FIELDS, PIPEDRIVE_UI_FIELD_BEHAVIOUR
@@ -580,35 +579,9 @@ class PipedriveHook(BaseHook):
                 idempotent=True, description=f"GET {path}", stats=self.limiter.stats,
             )
 
-        # A reader thread runs one page ahead: it sends the next request as soon as it has read
-        # this page's cursor (a tenth of a full decode), while this page is decoded and consumed
-        # here. Still one request in flight per call; at most two pages wait in memory.
-        pages: queue.Queue[Any] = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def read_ahead(page_params: dict[str, Any] | None) -> None:
-            try:
-                while page_params is not None and not stop.is_set():
-                    envelope = fetch(page_params)
-                    page_params = _next_page_params(style, page_params, envelope.additional_data)
-                    pages.put(envelope)
-            except BaseException as err:  # handed to the consumer, raised there
-                pages.put(err)
-            finally:
-                pages.put(None)
-
-        reader = threading.Thread(target=read_ahead, args=(dict(params),), name="crm-page", daemon=True)
-        reader.start()
-        try:
-            while (item := pages.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield from jsoncodec.loads(item.data) or []
-        finally:
-            stop.set()
-            while reader.is_alive():  # unblock a reader waiting to hand over a page
-                with contextlib.suppress(queue.Empty):
-                    pages.get(timeout=0.05)
+        for envelope in read_ahead(fetch, params, lambda page_params, envelope: _next_page_params(
+                style, page_params, envelope.additional_data)):
+            yield from jsoncodec.loads(envelope.data) or []
 
     # -- entities ----------------------------------------------------------------------------------
     def field_map(self, entity: str) -> FieldMap:

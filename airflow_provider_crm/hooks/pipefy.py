@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import httpx
@@ -17,7 +17,7 @@ import requests
 from airflow.sdk import BaseHook
 from graphql import DocumentNode, parse, print_ast
 
-from airflow_provider_crm.common import connection_form
+from airflow_provider_crm.common import connection_form, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
     CrmAuthError,
@@ -34,6 +34,7 @@ from airflow_provider_crm.common.errors import (
     CrmValidationError,
 )
 from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimiter, build_limiter
+from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
 from airflow_provider_crm.get_provider_info import PIPEFY_CONN_FIELDS, PIPEFY_UI_FIELD_BEHAVIOUR
@@ -184,6 +185,19 @@ mutation CreatePresignedUrl($input: CreatePresignedUrlInput!) { createPresignedU
 DELETE_TABLE_RECORD = parse(
     "mutation DeleteTableRecord($input: DeleteTableRecordInput!) { deleteTableRecord(input: $input) { success } }"
 )
+
+_QUERY_TEXTS: dict[int, tuple[DocumentNode, str]] = {}
+
+
+def query_text(document: DocumentNode) -> str:
+    """A document's text, printed once per document (printing costs more than sending it)."""
+    known = _QUERY_TEXTS.get(id(document))
+    if known is None or known[0] is not document:
+        if len(_QUERY_TEXTS) > 256:
+            _QUERY_TEXTS.clear()
+        known = _QUERY_TEXTS[id(document)] = (document, print_ast(document))
+    return known[1]
+
 
 PERMISSION_HINT = "A service account must be added as a member of each pipe or table it reads or writes"
 
@@ -504,7 +518,7 @@ class PipefyHook(BaseHook):
     # -- requests ----------------------------------------------------------------------------------
     def _post_once(self, document: DocumentNode, variables: dict[str, Any], kind: str) -> dict[str, Any]:
         self.limiter.before_request(kind=kind)
-        body = {"query": print_ast(document), "variables": variables}
+        body = {"query": query_text(document), "variables": variables}
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._bearer(force_refresh=attempt == 2)}"}
             try:
@@ -527,7 +541,7 @@ class PipefyHook(BaseHook):
     def _parse(self, resp: requests.Response) -> dict[str, Any]:
         status = resp.status_code
         try:
-            payload = resp.json()
+            payload = jsoncodec.loads(resp.content)
         except ValueError:
             payload = None
         if status == 429:
@@ -560,26 +574,31 @@ class PipefyHook(BaseHook):
             raise named_error(err, description) from None
 
     def paginate(self, document: DocumentNode, variables: dict[str, Any], path: list[str]) -> Iterator[dict[str, Any]]:
-        """Yield nodes of a Relay connection at ``path`` in the answer, page by page."""
-        after: str | None = None
-        page = 0
+        """Yield nodes of a Relay connection at ``path`` in the answer, page by page (one page read
+        ahead: see common/readahead.py)."""
         ident = next((variables[k] for k in ("id", "pipeId", "tableId") if k in variables), None)
         what = f"{path[0]} of {ident}" if ident is not None else path[0]
-        while True:
+
+        def fetch(position: tuple[int, str | None]) -> dict[str, Any]:
+            page, after = position
             data = self.execute(document, {**variables, "first": PAGE_SIZE, "after": after},
-                                description=f"{what} page {page + 1}")
+                                description=f"{what} page {page}")
             connection: Any = data
             for key in path:
                 connection = (connection or {}).get(key)
             if connection is None:
                 raise CrmNotFoundError(f"{path[0]} returned nothing for {variables}", service="pipefy")
-            for edge in connection.get("edges") or []:
-                yield edge["node"]
-            page += 1
+            return cast(dict[str, Any], connection)
+
+        def following(position: tuple[int, str | None], connection: dict[str, Any]) -> tuple[int, str] | None:
             info = connection.get("pageInfo") or {}
             if not info.get("hasNextPage") or not info.get("endCursor"):
-                return
-            after = info["endCursor"]
+                return None
+            return position[0] + 1, info["endCursor"]
+
+        for connection in read_ahead(fetch, (1, None), following):
+            for edge in connection.get("edges") or []:
+                yield edge["node"]
 
     def test_connection(self) -> tuple[bool, str]:
         try:
@@ -926,7 +945,7 @@ class PipefyAsyncHook(PipefyHook):
     async def aexecute(self, document: DocumentNode, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         s = await self._asettings()
         await self.limiter.before_request_async(kind="read")
-        body = {"query": print_ast(document), "variables": variables or {}}
+        body = {"query": query_text(document), "variables": variables or {}}
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = {"Authorization": f"Bearer {await self._abearer(client, force_refresh=attempt == 2)}"}

@@ -40,7 +40,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_provider_crm.sandbox.core import DEFAULT_PIPEFY_CLIENT, SandboxState, SlidingWindow, token_key
+from airflow_provider_crm.sandbox.core import (
+    DEFAULT_PIPEFY_CLIENT,
+    FastJSONResponse,
+    SandboxState,
+    SlidingWindow,
+    token_key,
+)
 from airflow_provider_crm.sandbox.pipefy_data import (
     LIST_TYPES,
     REQUIRED_MESSAGE,
@@ -931,7 +937,7 @@ class PipefyService:
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
             out["errors"] = [self._format_error(e) for e in result.errors]
-        return JSONResponse(out)
+        return FastJSONResponse(out)
 
     @staticmethod
     def _format_error(error: GraphQLError) -> dict[str, Any]:
