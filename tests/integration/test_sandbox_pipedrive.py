@@ -537,3 +537,21 @@ def test_seeds_are_deterministic_and_a_large_account_serves(make_sandbox):
     same = requests.get(f"{base}/api/v2/deals/150", headers=PD, timeout=T).json()["data"]
     stable = ("title", "value", "currency", "person_id", "org_id", "stage_id", "owner_id", "custom_fields")
     assert {k: twin_deal[k] for k in stable} == {k: same[k] for k in stable}  # same seed, same account
+
+
+def test_prerendered_lists_follow_writes_and_latency_includes_the_work(make_sandbox):
+    server = make_sandbox(prerender=True, latency_ms=100)
+    base = f"{server.url}/pipedrive"
+    params = {"limit": 500, "sort_by": "update_time", "sort_direction": "asc"}
+    before = requests.get(f"{base}/api/v2/deals", headers=PD, params=params, timeout=T)
+    assert before.elapsed.total_seconds() >= 0.1
+    first = before.json()["data"][0]
+    changed = requests.patch(f"{base}/api/v2/deals/{first['id']}", headers=PD, json={"title": "Renamed"}, timeout=T)
+    assert changed.status_code == 200
+    since = changed.json()["data"]["update_time"]
+    after = requests.get(f"{base}/api/v2/deals", headers=PD, params={**params, "updated_since": since}, timeout=T)
+    rows = after.json()["data"]
+    # the cached rendering and the update-time order both follow the write
+    assert [d["id"] for d in rows][-1] == first["id"] and rows[-1]["title"] == "Renamed"
+    again = requests.get(f"{base}/api/v2/deals/{first['id']}", headers=PD, timeout=T).json()["data"]
+    assert again["title"] == "Renamed"
