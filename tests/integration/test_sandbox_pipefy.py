@@ -536,3 +536,23 @@ def test_seed_is_deterministic_and_sized_by_config():
     assert a.state_json() == b.state_json() and a.state_json()["cards"] != c.state_json()["cards"]
     assert all(len(a.by_phase[p]) == 7 for p in a.pipes["302"]["phase_ids"])
     assert len(a.by_table["401"]) == 5
+
+
+def test_memoized_card_answers_follow_writes_and_skip_clock_fields(make_sandbox):
+    server = make_sandbox(prerender=True)
+    plain = """query($id: ID!) { phase(id: $id) { cards(first: 50) { edges { node { id title
+        fields { field { id } value } } } } } }"""
+    first = ok(server, plain, {"id": "3011"})["phase"]["cards"]["edges"]
+    assert ok(server, plain, {"id": "3011"})["phase"]["cards"]["edges"] == first
+    card_id = first[0]["node"]["id"]
+    ok(server, """mutation($i: UpdateCardInput!) { updateCard(input: $i) { card { id } } }""",
+       {"i": {"id": card_id, "title": "Renamed by a write"}})
+    again = ok(server, plain, {"id": "3011"})["phase"]["cards"]["edges"]
+    assert again[0]["node"]["title"] == "Renamed by a write"
+    # `late` moves with the clock: a document asking for it is answered afresh every time
+    late = """query($id: ID!) { card(id: $id) { id late } }"""
+    due = ok(server, """mutation($i: UpdateCardInput!) { updateCard(input: $i) { card { id } } }""",
+             {"i": {"id": card_id, "due_date": "2030-01-01T00:00:00Z"}})
+    assert due and ok(server, late, {"id": card_id})["card"]["late"] is False
+    advance(server, 10 * 365 * 86400)
+    assert ok(server, late, {"id": card_id})["card"]["late"] is True
