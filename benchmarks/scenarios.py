@@ -68,7 +68,8 @@ def pipedrive_upsert(args: dict[str, Any]) -> dict[str, Any]:
     from airflow_provider_crm.operators.pipedrive import PipedriveUpsertOperator
 
     rows = [{"email": f"bench{i}@example.com", "name": f"Bench {i}"} for i in range(args["rows"])]
-    op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email")
+    op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email",
+                                 lookup=args.get("lookup", "search"))
     summary = op.execute(_context())
     return {"records": summary["total"], **summary["rate_limit"]}
 

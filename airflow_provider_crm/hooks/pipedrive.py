@@ -701,6 +701,17 @@ class PipedriveHook(BaseHook):
                 return record
         return None
 
+    def index_by(self, entity: str, key: str) -> dict[str, dict[str, Any]]:
+        """Every live record of ``entity`` by its value(s) under ``key`` (see :func:`record_keys`): one
+        list call per 500 records instead of one search per looked-up value. The first record wins
+        where several share a value, as :meth:`find_one` answers the first match."""
+        fmap = self.field_map(entity)
+        index: dict[str, dict[str, Any]] = {}
+        for record in self.iter_records(entity):
+            for value in record_keys(record, key, fmap):
+                index.setdefault(value, record)
+        return index
+
     # -- mail --------------------------------------------------------------------------------------
     def iter_mail_threads(self, folder: str = "inbox") -> Iterator[dict[str, Any]]:
         if folder not in ("inbox", "drafts", "sent", "archive"):
@@ -731,8 +742,16 @@ def _normalise_definition(definition: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _matches(record: dict[str, Any], key: str, value: Any, fmap: FieldMap) -> bool:
-    wanted = str(value).strip().lower()
+def match_key(value: Any) -> str:
+    """How key values are compared: trimmed, case-insensitive text."""
+    return str(value).strip().lower()
+
+
+def record_keys(record: dict[str, Any], key: str, fmap: FieldMap) -> list[str]:
+    """The values a record holds under ``key`` (a standard field, ``email``/``emails``, ``phones`` or a
+    custom field by name), as :func:`match_key` compares them."""
+    if key == "email":
+        key = "emails"
     if key.lower() in fmap.by_name or key in fmap.by_key:
         real = fmap.key_for(key)
         current = (record.get("custom_fields") or {}).get(real, record.get(real))
@@ -741,8 +760,12 @@ def _matches(record: dict[str, Any], key: str, value: Any, fmap: FieldMap) -> bo
     if isinstance(current, dict) and "value" in current:
         current = current["value"]
     if isinstance(current, list):  # emails / phones: [{value, primary, label}]
-        return any(str(c.get("value") if isinstance(c, dict) else c).strip().lower() == wanted for c in current)
-    return current is not None and str(current).strip().lower() == wanted
+        return [match_key(c.get("value") if isinstance(c, dict) else c) for c in current]
+    return [] if current is None else [match_key(current)]
+
+
+def _matches(record: dict[str, Any], key: str, value: Any, fmap: FieldMap) -> bool:
+    return match_key(value) in record_keys(record, key, fmap)
 
 
 class PipedriveAsyncHook(PipedriveHook):

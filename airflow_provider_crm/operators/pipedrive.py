@@ -17,7 +17,7 @@ from airflow_provider_crm.common.export import freeze_loaded_objects, merge_para
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
-from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, FieldMap, PipedriveHook, entity_info
+from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, FieldMap, PipedriveHook, entity_info, match_key
 from airflow_provider_crm.links import PipedriveRecordLink
 
 
@@ -130,24 +130,40 @@ class PipedriveUpsertOperator(_PipedriveOperator):
     :param key_field: the field identifying a record (``email``, ``name``, or a custom field's name).
     :param rejects_path: JSON Lines file for failed rows with the error.
     :param max_failure_ratio: fail the task past this fraction of failed rows (0: any failure).
+    :param lookup: how existing records are found. ``search``: one search per row (always current;
+        searches are limited to 10 per 2 s, so at most 5 rows a second). ``index``: list the entity
+        once (500 records a call) and match locally, then one write per new or changed row; records
+        someone else creates while the task runs are not seen. ``auto`` (default): ``index`` from
+        ``index_from_rows`` rows up, else ``search``.
+    :param index_from_rows: the row count from which ``auto`` indexes.
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
     template_fields: Sequence[str] = ("entity", "rows", "key_field", "rejects_path")
 
     def __init__(self, *, entity: str, rows: Any, key_field: str, rejects_path: str | ObjectStoragePath | None = None,
-                 max_failure_ratio: float = 0.0, **kwargs: Any) -> None:
+                 max_failure_ratio: float = 0.0, lookup: str = "auto", index_from_rows: int = 200,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if lookup not in ("auto", "search", "index"):
+            raise CrmInputError(f"lookup must be auto, search or index, not {lookup!r}")
         self.entity = entity
         self.rows = rows
         self.key_field = key_field
         self.rejects_path = rejects_path
         self.max_failure_ratio = max_failure_ratio
+        self.lookup = lookup
+        self.index_from_rows = index_from_rows
+        self._index: dict[str, dict[str, Any]] | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         entity_info(self.entity)
         report = UpsertReport(self.rejects_path, task_label=f"{self.entity} upsert")
-        for index, row in enumerate(read_rows(self.rows), start=1):
+        rows = list(read_rows(self.rows))
+        if self.lookup == "index" or (self.lookup == "auto" and len(rows) >= self.index_from_rows):
+            self._index = self.hook.index_by(self.entity, self.key_field)
+            self.log.info("Indexed %d %s by %s for %d rows", len(self._index), self.entity, self.key_field, len(rows))
+        for index, row in enumerate(rows, start=1):
             try:
                 outcome, record_id = self._upsert_row(row)
                 report.record(outcome, record_id)
@@ -168,15 +184,25 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         if self.entity == "persons" and isinstance(data.get("phone"), str):
             data["phones"] = [{"value": data.pop("phone"), "primary": True, "label": "work"}]
         body = self.hook.encode_record(self.entity, data)  # validates names before any write
-        existing = self.hook.find_one(self.entity, self.key_field, key_value)
+        if self._index is not None:
+            existing = self._index.get(match_key(key_value))
+        else:
+            existing = self.hook.find_one(self.entity, self.key_field, key_value)
         if existing is None:
             created = self.hook.create(self.entity, data, key_field=self.key_field if self.key_field in data
                                        else None)
+            self._remember(created, key_value)
             return "created", created["id"]
         if _unchanged(existing, body):
             return "unchanged", existing["id"]
-        self.hook.update(self.entity, existing["id"], data)
+        updated = self.hook.update(self.entity, existing["id"], data)
+        self._remember(updated if isinstance(updated, dict) and updated.get("id") else existing, key_value)
         return "updated", existing["id"]
+
+    def _remember(self, record: dict[str, Any], key_value: Any) -> None:
+        """Keep the index current, so a later row with the same key updates instead of creating."""
+        if self._index is not None:
+            self._index[match_key(key_value)] = record
 
 
 def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -122,6 +122,35 @@ def test_upsert_by_email_and_custom_field_no_duplicates(connections, context, sa
     assert sum(1 for p in persons for e in p["emails"] if e["value"] == "new.one@example.com") == 1
 
 
+@pytest.mark.parametrize("key_field", ["email", "Customer id"])
+def test_indexed_upsert_matches_like_search_and_never_creates_twice(connections, context, sandbox, monkeypatch,
+                                                                     key_field):
+    from airflow_provider_crm.hooks.pipedrive import PipedriveHook
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("an indexed upsert must not search")
+
+    monkeypatch.setattr(PipedriveHook, "search", no_search)
+    if key_field == "email":
+        rows = [{"email": "PERSON3@example.com ", "name": "Person Three"},  # existing, case and spaces differ
+                {"email": "fresh@example.com", "name": "Fresh"},
+                {"email": "fresh@example.com", "name": "Fresh Again"}]  # same key twice: one create, one update
+    else:
+        rows = [{"Customer id": "C-000003", "name": "Person Three"},
+                {"Customer id": "C-NEW-1", "name": "Fresh"},
+                {"Customer id": "C-NEW-1", "name": "Fresh Again"}]
+    before = len(sandbox_state(sandbox, "persons"))
+    first = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows, key_field=key_field,
+                                    lookup="index").execute(context())
+    assert (first["created"], first["updated"] + first["unchanged"]) == (1, 2)
+    again = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows, key_field=key_field,
+                                    lookup="index").execute(context())  # an Airflow retry of the same rows
+    assert again["created"] == 0
+    persons = sandbox_state(sandbox, "persons")
+    assert len(persons) == before + 1
+    assert [p["name"] for p in persons if p["name"].startswith("Fresh")] == ["Fresh Again"]
+
+
 @pytest.mark.parametrize(
     ("action", "error", "match"),
     [
