@@ -581,7 +581,7 @@ class PipedriveHook(BaseHook):
 
         for envelope in read_ahead(fetch, params, lambda page_params, envelope: _next_page_params(
                 style, page_params, envelope.additional_data)):
-            yield from jsoncodec.loads(envelope.data) or []
+            yield from jsoncodec.iter_items(envelope.data)
 
     # -- entities ----------------------------------------------------------------------------------
     def field_map(self, entity: str) -> FieldMap:
