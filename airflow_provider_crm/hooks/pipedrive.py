@@ -29,6 +29,7 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
+from airflow_provider_crm.common.http import pooled_session
 from airflow_provider_crm.common.ratelimit import (
     PIPEDRIVE_BURST,
     PIPEDRIVE_PLAN_ALIASES,
@@ -378,8 +379,8 @@ class PipedriveHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        session = requests.Session()
-        session.headers.update({"Accept": "application/json", "User-Agent": "airflow-provider-crm"})
+        session = pooled_session()
+        session.headers.update({"Accept": "application/json"})
         return session
 
     @cached_property

@@ -33,6 +33,7 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
+from airflow_provider_crm.common.http import pooled_session
 from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimiter, build_limiter
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import call_with_retries
@@ -450,9 +451,7 @@ class PipefyHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        session = requests.Session()
-        session.headers.update({"User-Agent": "airflow-provider-crm"})
-        return session
+        return pooled_session()
 
     @cached_property
     def limiter(self) -> RateLimiter:
