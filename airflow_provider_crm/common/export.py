@@ -24,6 +24,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.errors import CrmInputError
+from airflow_provider_crm.common.fanin import drain_batches
 
 log = logging.getLogger(__name__)
 
@@ -179,21 +180,4 @@ def merge_parallel(sources: Sequence[Callable[[], Iterator[Any]]], max_workers: 
     with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="crm-fetch") as pool:
         for source in sources:
             pool.submit(run, source)
-        remaining = len(sources)
-        try:
-            while remaining:
-                item = out.get()
-                if item is done:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield from item
-        finally:
-            stop.set()
-            while remaining:  # let blocked producers finish so the pool can shut down
-                try:
-                    if out.get(timeout=0.1) is done:
-                        remaining -= 1
-                except queue.Empty:
-                    continue
+        yield from drain_batches(out, done, len(sources), stop)

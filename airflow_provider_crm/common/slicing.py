@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_crm.common.fanin import drain_batches
+
 Fetch = Callable[[Any, int, int], Iterator[dict[str, Any]]]
 
 
@@ -155,23 +157,8 @@ def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crm-slice") as pool:
         for _ in range(workers):
             pool.submit(work)
-        remaining = workers
         try:
-            while remaining:
-                item = out.get()
-                if item is done:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield from item
+            yield from drain_batches(out, done, workers, stop)
         finally:
-            stop.set()
-            while remaining:  # let blocked workers finish so the pool can shut down
-                try:
-                    if out.get(timeout=0.1) is done:
-                        remaining -= 1
-                except queue.Empty:
-                    pass
             if stats is not None:
                 stats["splits"] = scheduler.splits
