@@ -71,7 +71,7 @@ class SliceScheduler:
                     return cut
                 if not self.running:
                     return None
-                self._cond.wait(0.2)  # a running slice may become worth splitting once it has data
+                self._cond.wait(0.2)  # woken by progressed() or finish(); the timeout is a safety net
             return None
 
     def _split(self) -> Slice | None:
@@ -100,6 +100,14 @@ class SliceScheduler:
                 piece.position = position if piece.position is None else max(piece.position, position)
             piece.taken += 1
             return True
+
+    def progressed(self) -> None:
+        """Wake idle workers: a running slice took more records, so it may now be worth splitting.
+
+        Called per batch, not per record: an idle worker waiting for a slice to show its density
+        would otherwise sleep out its timeout (0.2 s, two rounds of requests at 100 ms)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def finish(self, piece: Slice) -> None:
         with self._cond:
@@ -139,6 +147,7 @@ def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None
                             break
                         batch.append(record)
                         if len(batch) >= batch_size:
+                            scheduler.progressed()
                             out.put(batch)
                             batch = []
                 finally:

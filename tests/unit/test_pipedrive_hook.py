@@ -45,6 +45,19 @@ def test_token_goes_in_header_never_in_url(monkeypatch):
 
 
 @responses.activate
+def test_a_netrc_entry_for_the_api_host_does_not_replace_the_oauth_bearer(oauth_hook, monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine acme.pipedrive.com login someone password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    responses.post(OAUTH_URL, json=_token_answer("rt-conn"))
+    responses.get("https://acme.pipedrive.com/api/v1/users/me", json={"success": True, "data": {"id": 7}})
+    monkeypatch.setattr(PipedriveHook, "_store_rotated_refresh_token", lambda self, token: None)
+    assert oauth_hook.request("GET", "v1", "/users/me")["data"] == {"id": 7}
+    assert responses.calls[-1].request.headers["Authorization"] == "Bearer at-1"
+
+
+@responses.activate
 def test_rotated_refresh_token_is_stored_in_a_variable_and_used_first(oauth_hook, monkeypatch):
     stored: dict[str, str] = {}
     monkeypatch.setattr("airflow.sdk.Variable.set", lambda key, value, description=None: stored.update({key: value}))

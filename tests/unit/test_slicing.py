@@ -102,3 +102,26 @@ def test_closing_early_stops_the_workers():
     time.sleep(0.1)
     assert api.requests - requests <= 4  # at most the pages already being fetched
     assert not [t for t in threading.enumerate() if t.name.startswith("crm-slice")]
+
+
+def test_an_idle_worker_splits_as_soon_as_the_busy_slice_has_shown_its_density():
+    # one slice holds everything, the other is empty: its worker is idle after one request and must
+    # take half of the busy slice once that slice's first batch is in, not after its own wait times out
+    records = _dataset(5_000, 0, 100_000, 1.0)
+    records = [{**r, "t": 50_000 + r["t"] // 2} for r in records]
+    api = FakeApi(records, page=250, latency=0.1)
+    pages_before_split: list[int] = []
+    fetch = api.fetch
+
+    def fetch_recording(kind, a, b):
+        if a > 50_000:  # a piece cut from the busy slice
+            pages_before_split.append(api.requests)
+        yield from fetch(kind, a, b)
+
+    stats: dict[str, int] = {}
+    out = list(fetch_balanced(fetch_recording, lambda r: r["t"], _initial(0, 100_000, 2), 2,
+                              min_split_records=200, batch_size=250, stats=stats))
+    assert sorted(r["id"] for r in out) == list(range(5_000))
+    assert stats["splits"] >= 1
+    # requests so far: the empty slice's one and the busy slice's first two (page 2 left as page 1 was taken)
+    assert pages_before_split[0] <= 3
