@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
-from airflow_provider_crm.common.export import freeze_loaded_objects, merge_parallel, open_export_writer
+from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
@@ -300,8 +300,8 @@ class PipedriveExportOperator(_PipedriveOperator):
         self.slices = slices
         self.fieldnames = fieldnames
 
+    @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
-        freeze_loaded_objects()
         info = entity_info(self.entity)
         start, end = (None, None) if self.full else data_interval(context)
         if start is not None and not info.incremental:
@@ -435,8 +435,8 @@ class PipedriveMailExportOperator(_PipedriveOperator):
         self.folder = folder
         self.path = path
 
+    @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
-        freeze_loaded_objects()
         messages = 0
         with open_export_writer(self.path, "jsonl") as writer:
             for thread in self.hook.iter_mail_threads(self.folder):

@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
-from airflow_provider_crm.common.export import freeze_loaded_objects, merge_parallel, open_export_writer
+from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.hooks.pipefy import (
@@ -398,8 +398,8 @@ class PipefyExportCardsOperator(_PipefyOperator):
         self.full = full
         self.max_workers = max_workers
 
+    @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
-        freeze_loaded_objects()
         hook = self.hook
         pipe = hook.get_pipe(self.pipe_id)
         start, end = (None, None) if self.full else data_interval(context)
@@ -497,8 +497,8 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
         self.fmt = fmt
         self.full = full
 
+    @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
-        freeze_loaded_objects()
         hook = self.hook
         table = hook.get_table(self.table_id)
         start, end = (None, None) if self.full else data_interval(context)

@@ -115,3 +115,25 @@ def test_merge_parallel_yields_everything_and_raises_the_first_error():
 
     with pytest.raises(RuntimeError, match="slice 2 failed"):
         list(merge_parallel([lambda: iter(range(10_000)), broken], 2, max_buffered=5))
+
+
+def test_export_tuning_applies_while_execute_runs_and_is_undone_after_it_even_on_error():
+    import sys
+
+    from airflow_provider_crm.common.export import EXPORT_SWITCH_INTERVAL_S, tuned_for_export
+
+    seen: list[float] = []
+
+    @tuned_for_export
+    def execute(fail: bool) -> str:
+        seen.append(sys.getswitchinterval())
+        if fail:
+            raise RuntimeError("export failed")
+        return "summary"
+
+    before = sys.getswitchinterval()
+    assert execute(False) == "summary"
+    with pytest.raises(RuntimeError):
+        execute(True)
+    assert seen == [EXPORT_SWITCH_INTERVAL_S, EXPORT_SWITCH_INTERVAL_S] != [before, before]
+    assert sys.getswitchinterval() == before
