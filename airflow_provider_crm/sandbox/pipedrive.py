@@ -185,6 +185,16 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return value
 
 
+def offset_from_cursor(query: dict[str, str]) -> int:
+    """Where an offset cursor (search results, field definitions) points; 0 without one."""
+    if not query.get("cursor"):
+        return 0
+    try:
+        return int(decode_cursor(query["cursor"])["o"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise bad_request("Validation failed: cursor: Invalid cursor") from None
+
+
 def _plain(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -1041,12 +1051,7 @@ class PipedriveService:
                 if texts:
                     found.append((round(min(1.0, 0.2 + len(wanted) / min(len(t) for t in texts)), 4), ent, rid))
         found.sort(key=lambda f: (-f[0], f[1], f[2]))
-        start = 0
-        if query.get("cursor"):
-            try:
-                start = int(decode_cursor(query["cursor"])["o"])
-            except (ValueError, KeyError, TypeError, binascii.Error):
-                raise bad_request("Validation failed: cursor: Invalid cursor") from None
+        start = offset_from_cursor(query)
         page = found[start : start + limit]
         items = [{"result_score": score,
                   "item": {k: v for k, v in self._search_item(ent, rid).items()
@@ -1103,12 +1108,7 @@ class PipedriveService:
         defs = self.data.fields[entity]
         limit = self._limit_param(query)
         if version == "v2":
-            start = 0
-            if query.get("cursor"):
-                try:
-                    start = int(decode_cursor(query["cursor"])["o"])
-                except (ValueError, KeyError, TypeError, binascii.Error):
-                    raise bad_request("Validation failed: cursor: Invalid cursor") from None
+            start = offset_from_cursor(query)
             page = defs[start : start + limit]
             items = [self._field_v2(d) for d in page]
             next_cursor = encode_cursor({"o": start + limit}) if start + limit < len(defs) else None
