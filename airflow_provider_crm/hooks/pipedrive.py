@@ -595,32 +595,12 @@ class PipedriveHook(BaseHook):
                 after["start"] = max(int(page_params.get("start") or 0) + 1, int(after["start"]) - overlap)
             return after
 
-        # ids of the previous page's last `overlap` items; checked for only after a full page (a short
-        # page that says more follow does not tell which offsets its items had)
-        tail: list[Any] = []
-        checked = False
-        for envelope in read_ahead(fetch, params, following):
-            items = jsoncodec.iter_items(envelope.data)
-            if not overlap:
+        pages = (jsoncodec.iter_items(envelope.data) for envelope in read_ahead(fetch, params, following))
+        if not overlap:
+            for items in pages:
                 yield from items
-                continue
-            page_ids: list[Any] = []
-            again = set(tail)
-            for item in items:
-                item_id = item.get("id") if isinstance(item, dict) else None
-                if item_id is None:  # nothing to recognise it by: yielded as it comes
-                    yield item
-                    continue
-                page_ids.append(item_id)
-                if item_id not in again:
-                    yield item
-            if checked and again and not again.intersection(page_ids):
-                raise CrmTransientApiError(
-                    f"GET /api/{version}{path}: more than {overlap} records were deleted while the list was "
-                    f"read (none of the previous page's last {overlap} came back), so some may have been "
-                    "skipped; read it again (a retry of the task does)", service="pipedrive")
-            tail = page_ids[-overlap:]
-            checked = len(page_ids) >= params["limit"]
+            return
+        yield from _without_overlap(pages, overlap, params["limit"], f"GET /api/{version}{path}")
 
     # -- entities ----------------------------------------------------------------------------------
     def field_map(self, entity: str) -> FieldMap:
@@ -764,6 +744,34 @@ class PipedriveHook(BaseHook):
 def offset_overlap(limit: int) -> int:
     """Items each offset page re-reads of the previous one: 4 % (20 of 500, 2 of 50), at least 1."""
     return max(1, limit // 25)
+
+
+def _without_overlap(pages: Iterator[Iterator[Any]], overlap: int, limit: int, what: str) -> Iterator[Any]:
+    """The items of overlapping offset pages, the re-read ones once (see :meth:`PipedriveHook.paginate`).
+
+    Raises :class:`CrmTransientApiError` when a page after a full one brings back none of that page's
+    last ``overlap`` items: the offsets moved by more than the overlap, so items may have been missed.
+    (After a short page that says more follow, the items' offsets are unknown and nothing is checked.)
+    """
+    tail: set[Any] = set()  # ids of the previous page's last `overlap` items
+    previous_was_full = False
+    for items in pages:
+        page_ids: list[Any] = []
+        for item in items:
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if item_id is None:  # nothing to recognise it by: yielded as it comes
+                yield item
+                continue
+            page_ids.append(item_id)
+            if item_id not in tail:
+                yield item
+        if previous_was_full and tail and tail.isdisjoint(page_ids):
+            raise CrmTransientApiError(
+                f"{what}: more than {overlap} records were deleted while the list was read (none of the "
+                f"previous page's last {overlap} came back), so some may have been skipped; read it again "
+                "(a retry of the task does)", service="pipedrive")
+        tail = set(page_ids[-overlap:])
+        previous_was_full = len(page_ids) >= limit
 
 
 def _next_page_params(style: str, params: dict[str, Any], extra: Any) -> dict[str, Any] | None:
