@@ -11,12 +11,13 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
+from airflow_provider_crm.common.context import emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, FieldMap, PipedriveHook, entity_info, match_key
 from airflow_provider_crm.links import PipedriveRecordLink
 
@@ -262,29 +263,40 @@ def _rfc3339(moment: datetime) -> str:
 class PipedriveExportOperator(_PipedriveOperator):
     """Export any entity to JSON Lines or CSV, streamed and written atomically.
 
-    Custom fields come out under their names and option ids as labels. Incremental by the run's data
-    interval: ``updated_since`` = start (inclusive) and ``updated_until`` = end (exclusive), so
+    Custom fields come out under their names and option ids as labels. Incremental: each run reads
+    the records updated since the last successful export of this task ended (its watermark), or
+    exactly the run's data interval when it has a real one; see docs/incremental-exports.md. The
+    range is half-open in whole seconds (``updated_since`` inclusive, ``updated_until`` exclusive), so
     consecutive runs neither miss nor repeat a record. Deleted deals can be added as tombstones.
 
     :param entity: deals, persons, organizations, activities, products, leads, notes, pipelines, stages.
-    :param path: target file (ObjectStoragePath or URL).
+    :param path: target file (ObjectStoragePath or URL). Give each run its own file (for example
+        ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``): a run that overwrote an earlier run's file
+        would lose what that run exported.
     :param fmt: ``jsonl`` or ``csv``.
-    :param full: ignore the data interval.
-    :param include_deleted: add deals deleted in the interval as ``{"id", "_deleted": true, ...}`` rows.
+    :param full: export everything (the watermark then moves to the end of this export).
+    :param start: where the first export of this task starts when it has no watermark yet (ISO date
+        or time); by default the first export reads everything.
+    :param settle_seconds: the range ends this many seconds before now, so a record written in the
+        last moments is read by the next run rather than missed.
+    :param watermark_key: the Airflow Variable holding the watermark (default
+        ``crm_export_watermark.<dag_id>.<task_id>``).
+    :param include_deleted: add deals deleted in the range as ``{"id", "_deleted": true, ...}`` rows.
     :param include_archived: add archived deals (``GET /api/v2/deals`` leaves them out) with
-        ``"_archived": true``; without it a deal archived in the interval does not appear in the export.
+        ``"_archived": true``; without it a deal archived in the range does not appear in the export.
     :param rename_custom_fields: custom fields by name (True) or by hash key.
     :param option_labels: option ids as labels.
-    :param slices: fetch the interval as this many time slices in parallel; when one finishes early it
-        takes over half of the busiest one's remainder, so uneven intervals keep every slice busy
+    :param slices: fetch the range as this many time slices in parallel; when one finishes early it
+        takes over half of the busiest one's remainder, so uneven ranges keep every slice busy
         (v2 entities with ``updated_until``; others split evenly).
     :param fieldnames: CSV columns (default: the first record's).
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
-    template_fields: Sequence[str] = ("entity", "path", "fmt")
+    template_fields: Sequence[str] = ("entity", "path", "fmt", "start", "watermark_key")
 
     def __init__(self, *, entity: str, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
+                 start: str | datetime | None = None, settle_seconds: float = 10.0, watermark_key: str | None = None,
                  include_deleted: bool = False, include_archived: bool = False, rename_custom_fields: bool = True,
                  option_labels: bool = True,
                  slices: int = 1, fieldnames: list[str] | None = None, **kwargs: Any) -> None:
@@ -293,6 +305,9 @@ class PipedriveExportOperator(_PipedriveOperator):
         self.path = path
         self.fmt = fmt
         self.full = full
+        self.start = start
+        self.settle_seconds = settle_seconds
+        self.watermark_key = watermark_key
         self.include_deleted = include_deleted
         self.include_archived = include_archived
         self.rename_custom_fields = rename_custom_fields
@@ -303,11 +318,12 @@ class PipedriveExportOperator(_PipedriveOperator):
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         info = entity_info(self.entity)
-        start, end = (None, None) if self.full else data_interval(context)
-        if start is not None and not info.incremental:
-            raise CrmInputError(f"{self.entity} has no updated_since filter: export it with full=True")
         if (self.include_deleted or self.include_archived) and self.entity != "deals":
             raise CrmInputError(f"include_deleted / include_archived apply to deals only, not {self.entity}")
+        window, watermark = plan_export(self, context, full=self.full, incremental=info.incremental,
+                                        start=self.start, settle_seconds=self.settle_seconds,
+                                        watermark_key=self.watermark_key)
+        start, end = window.start, window.end
         if end is not None and end > datetime.now(timezone.utc):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
@@ -317,10 +333,10 @@ class PipedriveExportOperator(_PipedriveOperator):
         # the field definitions load while the first pages are on their way, not before them
         definitions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-fields")
         fmap_future = (definitions.submit(self.hook.field_map, self.entity)
-                       if self.rename_custom_fields and info.fields_endpoint else None)
+                       if self.rename_custom_fields and info.fields_endpoint and not window.empty else None)
         fmap: FieldMap | None = None
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer, definitions:
-            for record in self._records(start, end):
+            for record in self._records(start, end) if not window.empty else ():
                 if fmap_future is not None and fmap is None:
                     fmap = fmap_future.result()
                 deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
@@ -337,11 +353,12 @@ class PipedriveExportOperator(_PipedriveOperator):
                 if writer.count % 5000 == 0:
                     self.log.info("%d %s written", writer.count, self.entity)
         counts["records"] = writer.count
+        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         if self._slicing.get("splits"):
             self.log.info("Slices rebalanced %d times while running", self._slicing["splits"])
-        emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path)})
-        return self.summary(entity=self.entity, path=str(self.path), **counts,
-                            interval=[str(start), str(end)] if start else None)
+        emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path),
+                                                 "range": window.as_dict()})
+        return self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
 
     def _filters(self, start: datetime | None, end: datetime | None, status: str | None = None) -> dict[str, Any]:
         info = entity_info(self.entity)

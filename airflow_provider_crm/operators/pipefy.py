@@ -10,11 +10,12 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
+from airflow_provider_crm.common.context import emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.watermark import commit_export, plan_export, whole_second
 from airflow_provider_crm.hooks.pipefy import (
     PAGE_SIZE,
     PipefyHook,
@@ -374,35 +375,51 @@ class PipefyExportCardsOperator(_PipefyOperator):
 
     One row per card: card attributes, then each field by label and by id with the machine-readable
     value (array_value, datetime_value, date_value, float_value) and the display value as
-    ``<field id>__display``. Incremental by the run's data interval on ``updated_at`` unless ``full``.
+    ``<field id>__display``. Incremental on ``updated_at``: each run reads the cards updated since the
+    last successful export of this task ended (its watermark), or exactly the run's data interval
+    when it has a real one; see docs/incremental-exports.md.
 
     :param pipe_id: the pipe.
-    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...).
+    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...); give each run its
+        own file, e.g. ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``.
     :param phases: phase ids or names to export (default: the whole pipe).
     :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every card, ignoring the data interval.
+    :param full: export every card (the watermark then moves to the end of this export).
+    :param start: where the first export of this task starts when it has no watermark yet (ISO date
+        or time); by default the first export reads everything.
+    :param settle_seconds: the range ends this many seconds before now, so a card written in the last
+        moments is read by the next run rather than missed.
+    :param watermark_key: the Airflow Variable holding the watermark (default
+        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param max_workers: phases fetched in parallel (within the shared rate limit).
     :param pipefy_conn_id: the Pipefy connection.
     """
 
-    template_fields: Sequence[str] = ("pipe_id", "path", "phases", "fmt")
+    template_fields: Sequence[str] = ("pipe_id", "path", "phases", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyPipeLink(),)
 
     def __init__(self, *, pipe_id: str | int, path: str | ObjectStoragePath, phases: list[str | int] | None = None,
-                 fmt: str = "jsonl", full: bool = False, max_workers: int = 4, **kwargs: Any) -> None:
+                 fmt: str = "jsonl", full: bool = False, start: str | datetime | None = None,
+                 settle_seconds: float = 10.0, watermark_key: str | None = None, max_workers: int = 4,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipe_id = pipe_id
         self.path = path
         self.phases = phases
         self.fmt = fmt
         self.full = full
+        self.start = start
+        self.settle_seconds = settle_seconds
+        self.watermark_key = watermark_key
         self.max_workers = max_workers
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         pipe = hook.get_pipe(self.pipe_id)
-        start, end = (None, None) if self.full else data_interval(context)
+        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
+                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
+        start, end = window.start, window.end
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
         if phase_list:  # each phase pages on its own: at least one call each
@@ -410,19 +427,20 @@ class PipefyExportCardsOperator(_PipefyOperator):
         else:
             estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE))
         hook.limiter.check_quota(estimated_calls)
-        self.log.info("Exporting pipe %s (%s) %s: about %d cards in %d calls", pipe["name"], self.pipe_id,
-                      f"updated in [{start}, {end})" if start else "(all cards)", cards_total, estimated_calls)
+        self.log.info("Exporting pipe %s (%s) %s: at most %d cards in %d calls", pipe["name"], self.pipe_id,
+                      f"updated in {window.describe()}", cards_total, estimated_calls)
         columns = self._columns(pipe) if self.fmt == "csv" else None
         with open_export_writer(self.path, self.fmt, fieldnames=columns) as writer:
-            for card in self._cards(phase_list, start, end):
+            for card in self._cards(phase_list, start, end) if not window.empty else ():
                 writer.write(card_row(card))
                 if writer.count % 1000 == 0:
                     self.log.info("%d cards written", writer.count)
-        self.log.info("Wrote %d cards to %s", writer.count, self.path)
+        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path)})
+        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
+                                                 "range": window.as_dict()})
         return self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
-                            interval=[str(start), str(end)] if start else None)
+                            range=window.as_dict())
 
     def _cards(self, phases: list[dict[str, Any]] | None, start: datetime | None,
                end: datetime | None) -> Iterator[dict[str, Any]]:
@@ -432,7 +450,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
         def phase_source(phase: dict[str, Any]) -> Callable[[], Iterator[dict[str, Any]]]:
             def fetch() -> Iterator[dict[str, Any]]:
                 for card in self.hook.iter_phase_cards(phase["id"]):
-                    if start is None or _updated_within(card, start, end):
+                    if _updated_within(card, start, end):
                         yield card
 
             return fetch
@@ -467,46 +485,63 @@ def card_row(card: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _updated_within(card: dict[str, Any], start: datetime, end: datetime | None) -> bool:
-    stamp = datetime.fromisoformat(str(card["updated_at"]).replace("Z", "+00:00"))
-    return stamp >= start and (end is None or stamp < end)
+def _updated_within(card: dict[str, Any], start: datetime | None, end: datetime | None) -> bool:
+    """Whether ``updated_at`` is in ``[start, end)`` (``None``: unbounded), compared in whole seconds
+    as the API filters, so a card in the boundary second belongs to the later range only."""
+    if start is None and end is None:
+        return True
+    stamp = whole_second(datetime.fromisoformat(str(card["updated_at"]).replace("Z", "+00:00")))
+    return (start is None or stamp >= start) and (end is None or stamp < end)
 
 
 class PipefyExportTableRecordsOperator(_PipefyOperator):
     """Export the records of a Pipefy database table to JSON Lines or CSV (streamed, atomic).
 
     One row per record: ``id``, ``title``, ``created_at``, ``updated_at``, then each field by label
-    and by id with its machine-readable value, and ``<field id>__display`` with the display text. Incremental on ``updated_at`` by the run's data interval unless
-    ``full`` (Pipefy cannot filter records by date, so every page is read and filtered here).
+    and by id with its machine-readable value, and ``<field id>__display`` with the display text.
+    Incremental on ``updated_at`` like :class:`PipefyExportCardsOperator` (watermark or real data
+    interval); Pipefy cannot filter records by date, so every page is read and filtered here.
 
     :param table_id: the table.
-    :param path: target file (ObjectStoragePath or URL).
+    :param path: target file (ObjectStoragePath or URL); give each run its own file.
     :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every record, ignoring the data interval.
+    :param full: export every record (the watermark then moves to the end of this export).
+    :param start: where the first export of this task starts when it has no watermark yet (ISO date
+        or time); by default the first export reads everything.
+    :param settle_seconds: the range ends this many seconds before now, so a record written in the last
+        moments is read by the next run rather than missed.
+    :param watermark_key: the Airflow Variable holding the watermark (default
+        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param pipefy_conn_id: the Pipefy connection.
     """
 
-    template_fields: Sequence[str] = ("table_id", "path", "fmt")
+    template_fields: Sequence[str] = ("table_id", "path", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyTableLink(),)
 
     def __init__(self, *, table_id: str | int, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
-                 **kwargs: Any) -> None:
+                 start: str | datetime | None = None, settle_seconds: float = 10.0,
+                 watermark_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_id = table_id
         self.path = path
         self.fmt = fmt
         self.full = full
+        self.start = start
+        self.settle_seconds = settle_seconds
+        self.watermark_key = watermark_key
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         table = hook.get_table(self.table_id)
-        start, end = (None, None) if self.full else data_interval(context)
+        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
+                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
+        start, end = window.start, window.end
         total = table.get("table_records_count") or 0
         estimated_calls = max(1, math.ceil(total / PAGE_SIZE))
         hook.limiter.check_quota(estimated_calls)
-        self.log.info("Exporting table %s (%s) %s: %d records in about %d calls", table.get("name"), self.table_id,
-                      f"updated in [{start}, {end})" if start else "(all records)", total, estimated_calls)
+        self.log.info("Exporting table %s (%s) records updated in %s: %d records to read in about %d calls",
+                      table.get("name"), self.table_id, window.describe(), total, estimated_calls)
         columns = None
         if self.fmt == "csv":
             columns = list(RECORD_COLUMNS)
@@ -514,15 +549,15 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
                 names = (field["label"], field["id"], f"{field['id']}__display")
                 columns += [name for name in names if name not in columns]
         with open_export_writer(self.path, self.fmt, fieldnames=columns) as writer:
-            for record in hook.iter_table_records(self.table_id):
-                if start is not None and not _updated_within(record, start, end):
-                    continue
-                writer.write(record_row(record))
-        self.log.info("Wrote %d records to %s", writer.count, self.path)
+            for record in hook.iter_table_records(self.table_id) if not window.empty else ():
+                if _updated_within(record, start, end):
+                    writer.write(record_row(record))
+        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         push_link(context, PipefyTableLink.xcom_key, hook.table_url(self.table_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path)})
+        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
+                                                 "range": window.as_dict()})
         return self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
-                            interval=[str(start), str(end)] if start else None)
+                            range=window.as_dict())
 
 
 RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")

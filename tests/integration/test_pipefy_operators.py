@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -109,7 +110,13 @@ def test_export_is_incremental_and_keeps_machine_values(connections, context, sa
     assert rows[0]["Checklist"] == ["Contract", "Training"] and rows[0]["checklist__display"].startswith("[")
     full = PipefyExportCardsOperator(task_id="e", pipe_id="301", path=str(path), fmt="jsonl",
                                      phases=["Backlog", "Doing", "Review"], full=True).execute(context())
-    assert full["records"] == 90
+    # a full export ends settle_seconds (10) before now: the card just updated is left for the next run
+    assert full["records"] == 89 and cards[0]["id"] not in {json.loads(line)["id"] for line in path.open()}
+    time.sleep(1.1)  # past the card's update second, which the range's exclusive end would leave out
+    nxt = PipefyExportCardsOperator(task_id="e", pipe_id="301", path=str(path), fmt="jsonl", settle_seconds=0,
+                                    phases=["Backlog", "Doing", "Review"]).execute(context())
+    assert nxt["records"] == 1 and nxt["range"]["start"] == full["range"]["end"]
+    assert [json.loads(line)["id"] for line in path.open()] == [cards[0]["id"]]
 
 
 @pytest.mark.parametrize(

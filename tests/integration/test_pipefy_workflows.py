@@ -157,7 +157,9 @@ def test_export_csv_by_phase_emits_the_asset_event_with_the_count(connections, c
     phases = {r["phase"] for r in rows}
     assert summary["records"] == len(rows) == 60 and phases == {"Backlog", "Doing"}
     assert len({r["id"] for r in rows}) == 60
-    assert ctx["outlet_events"][asset].extra == {"records": 60, "path": str(path)}
+    extra = ctx["outlet_events"][asset].extra
+    assert extra["records"] == 60 and extra["path"] == str(path)
+    assert extra["range"] == {"case": "full", "start": None, "end": summary["range"]["end"]}
     assert {"Customer name", "customer_name", "customer_name__display"} <= set(rows[0])
 
 
