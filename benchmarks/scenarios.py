@@ -29,6 +29,10 @@ def _connections(args: dict[str, Any]) -> None:
 
 
 def _context(start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+    from airflow_provider_crm.common import watermark
+
+    watermark.backend = watermark.MemoryVariables()  # no Airflow Variables outside a task
+
     class TI:
         def xcom_push(self, key: str, value: Any) -> None:
             pass

@@ -1,6 +1,7 @@
 """Won deals become onboarding cards, and the deal is marked once onboarding is done.
 
-1. Read the Pipedrive deals won in the data interval.
+1. Read the Pipedrive deals won (updated) in the last ``lookback_hours`` hours; a run without a
+   logical date (``airflow dags trigger``, the REST API) looks back from now.
 2. Upsert one onboarding card per deal in a Pipefy pipe, keyed by the deal id (a retry creates no
    duplicate card).
 3. Wait, deferred to the triggerer, until each card reaches the pipe's "Done" phase; a card moved to
@@ -32,17 +33,23 @@ with DAG(
     schedule="@daily",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={"simulate_onboarding_team": Param(False, type="boolean"), "max_deals": Param(5, type="integer")},
+    params={"simulate_onboarding_team": Param(False, type="boolean"), "max_deals": Param(5, type="integer"),
+            # a day and an hour: a run that starts late still overlaps the previous one; the upsert is
+            # keyed by the deal id, so a deal seen by two runs still has one card
+            "lookback_hours": Param(25, type="integer", minimum=1)},
     tags=["crm", "pipedrive", "pipefy"],
     doc_md=__doc__,
 ) as dag:
 
     @task
-    def won_deals(data_interval_start=None, data_interval_end=None, params=None) -> list[dict]:
-        """Deals won in the data interval, as rows for the Pipefy upsert."""
-        start, end = data_interval_start, data_interval_end
-        if start == end:  # a manual run has an empty interval: take the day before it, up to now
-            start, end = end.subtract(days=1), pendulum.now("UTC").add(seconds=1)
+    def won_deals(params=None) -> list[dict]:
+        """Deals won in the last ``lookback_hours``, as rows for the Pipefy upsert.
+
+        Not the data interval: Airflow 3's cron runs have an empty one, and a run triggered without a
+        logical date has none at all.
+        """
+        end = pendulum.now("UTC").add(seconds=1)
+        start = end.subtract(hours=params["lookback_hours"])
         hook = PipedriveHook()
         fields = hook.field_map("deals")
         rows = []

@@ -51,24 +51,11 @@ def make_sandbox() -> Iterator:
         server.stop()
 
 
-class MemoryVariables:
-    """Export watermarks outside a running task (hand-run operators): a dict instead of Airflow Variables."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, dict] = {}
-
-    def get(self, key: str) -> dict | None:
-        return self.values.get(key)
-
-    def set(self, key: str, value: dict, description: str) -> None:
-        self.values[key] = value
-
-
 @pytest.fixture(autouse=True)
-def watermarks(monkeypatch: pytest.MonkeyPatch) -> MemoryVariables:
+def watermarks(monkeypatch: pytest.MonkeyPatch):
     """Each test starts with no export watermarks; real Airflow runs (e2e) use real Variables."""
     from airflow_provider_crm.common import watermark
 
-    store = MemoryVariables()
+    store = watermark.MemoryVariables()
     monkeypatch.setattr(watermark, "backend", store)
     return store

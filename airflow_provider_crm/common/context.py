@@ -35,3 +35,10 @@ def push_link(context: Any, key: str, url: str | None) -> None:
     ti = context.get("ti")
     if ti is not None and url:
         ti.xcom_push(key=key, value=url)
+
+
+def task_label(operator: Any, context: Any) -> str:
+    """``dag_id.task_id`` (``.map_index`` for a mapped task): names what belongs to one export task."""
+    map_index = getattr(context.get("ti"), "map_index", None)
+    label = f"{operator.dag_id}.{operator.task_id}"
+    return label if map_index is None or map_index < 0 else f"{label}.{map_index}"

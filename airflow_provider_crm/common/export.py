@@ -13,8 +13,10 @@ import gc
 import io
 import logging
 import queue
+import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -107,21 +109,63 @@ class ExportWriter:
         return self.count
 
 
+# A partial file of the same export untouched for this long belongs to an attempt that died (a
+# running export writes every few hundred kilobytes).
+STALE_PARTIAL_S = 600
+
+
+def _partial_prefix(owner: str | None, target: ObjectStoragePath) -> str:
+    return f".{owner}." if owner else f".{target.name}."
+
+
+def remove_stale_partials(target: ObjectStoragePath, owner: str | None) -> list[str]:
+    """Delete the temporary files that earlier attempts of the same export left beside ``target``
+    when they were killed: always those for the same target (a retry replaces them), and the
+    owner's others once untouched for :data:`STALE_PARTIAL_S`. Returns the names removed."""
+    prefix = _partial_prefix(owner, target)
+    removed: list[str] = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except (FileNotFoundError, NotImplementedError):
+        return removed
+    for sibling in siblings:
+        name = sibling.name
+        if not (name.startswith(prefix) and name.endswith(".partial")):
+            continue
+        same_target = name.startswith(f"{prefix}{target.name}.") if owner else True
+        try:
+            if not same_target and time.time() - float(sibling.stat().st_mtime or 0) < STALE_PARTIAL_S:
+                continue  # perhaps another run of this export, still writing
+            sibling.unlink(missing_ok=True)
+            removed.append(name)
+        except (FileNotFoundError, TypeError, ValueError):
+            continue
+    if removed:
+        log.info("Removed %d partial file(s) that earlier killed attempts left in %s: %s", len(removed),
+                 target.parent, ", ".join(removed))
+    return removed
+
+
 @contextmanager
 def open_export_writer(
-    path: ObjectStoragePath | str, fmt: str = "jsonl", fieldnames: Sequence[str] | None = None
+    path: ObjectStoragePath | str, fmt: str = "jsonl", fieldnames: Sequence[str] | None = None,
+    owner: str | None = None,
 ) -> Iterator[ExportWriter]:
     """Stream records to ``path`` atomically.
 
     :param path: target file (local path or any ObjectStoragePath URL: file://, s3://, gs://, ...).
     :param fmt: ``jsonl`` or ``csv``.
     :param fieldnames: CSV columns; by default the keys of the first record.
+    :param owner: a name for the export (e.g. ``dag_id.task_id``) put in its temporary file's name, so
+        the next attempt can find and remove what a killed one left, whatever its target was.
     """
     if fmt not in FORMATS:
         raise CrmInputError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     target = as_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+    owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner) if owner else None
+    remove_stale_partials(target, owner)
+    tmp = target.parent / f"{_partial_prefix(owner, target)}{target.name + '.' if owner else ''}{uuid.uuid4().hex[:8]}.partial"
     with tmp.open("wb") as raw:
         writer = ExportWriter(raw, fmt, fieldnames)
         try:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from airflow_provider_crm.common.context import task_label
+
 log = logging.getLogger(__name__)
 
 VARIABLE_PREFIX = "crm_export_watermark"
@@ -134,14 +136,27 @@ class AirflowVariables:
         Variable.set(key, value, description=description, serialize_json=True)
 
 
-# Tests outside a running task swap this for an in-memory store; tasks use Airflow's Variables.
+class MemoryVariables:
+    """Watermarks in a dict, for operators run outside an Airflow task (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: dict[str, Any], description: str) -> None:
+        self.values[key] = value
+
+
+# Code that runs operators outside a task sets this to MemoryVariables(); tasks use Airflow's Variables.
 backend: VariableBackend = AirflowVariables()
 
 
 class WatermarkStore:
     """The watermark of one export stream.
 
-    :param key: the Variable's key (see :func:`variable_key`).
+    :param key: the Variable's key, ``crm_export_watermark.<dag_id>.<task_id>[.<map_index>]`` by default.
     """
 
     def __init__(self, key: str) -> None:
@@ -171,11 +186,6 @@ class WatermarkStore:
         return True
 
 
-def variable_key(dag_id: str, task_id: str, map_index: int | None = None) -> str:
-    key = f"{VARIABLE_PREFIX}.{dag_id}.{task_id}"
-    return key if map_index is None or map_index < 0 else f"{key}.{map_index}"
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -192,8 +202,7 @@ def plan_export(operator: Any, context: Any, *, full: bool, incremental: bool, s
     :param operator: the export operator (its ``log``, ``dag_id`` and ``task_id`` are used).
     :param context: the task's context.
     """
-    ti = context.get("ti")
-    key = watermark_key or variable_key(operator.dag_id, operator.task_id, getattr(ti, "map_index", None))
+    key = watermark_key or f"{VARIABLE_PREFIX}.{task_label(operator, context)}"
     store = WatermarkStore(key)
     first = parse_moment(start, "start") if start not in (None, "") else None
     window = plan_window(full=full, incremental=incremental, interval_start=context.get("data_interval_start"),

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.common.context import emit_asset_event, push_link
+from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
@@ -335,7 +335,8 @@ class PipedriveExportOperator(_PipedriveOperator):
         fmap_future = (definitions.submit(self.hook.field_map, self.entity)
                        if self.rename_custom_fields and info.fields_endpoint and not window.empty else None)
         fmap: FieldMap | None = None
-        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames) as writer, definitions:
+        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames,
+                                owner=task_label(self, context)) as writer, definitions:
             for record in self._records(start, end) if not window.empty else ():
                 if fmap_future is not None and fmap is None:
                     fmap = fmap_future.result()
@@ -455,7 +456,7 @@ class PipedriveMailExportOperator(_PipedriveOperator):
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         messages = 0
-        with open_export_writer(self.path, "jsonl") as writer:
+        with open_export_writer(self.path, "jsonl", owner=task_label(self, context)) as writer:
             for thread in self.hook.iter_mail_threads(self.folder):
                 thread_messages = self.hook.thread_messages(thread["id"])
                 messages += len(thread_messages)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import date
 from decimal import Decimal
 
@@ -137,3 +142,45 @@ def test_export_tuning_applies_while_execute_runs_and_is_undone_after_it_even_on
         execute(True)
     assert seen == [EXPORT_SWITCH_INTERVAL_S, EXPORT_SWITCH_INTERVAL_S] != [before, before]
     assert sys.getswitchinterval() == before
+
+
+KILLED_EXPORT = """
+import sys, time
+from airflow_provider_crm.common.export import open_export_writer
+with open_export_writer(sys.argv[1], "jsonl", owner="dag.export") as writer:
+    for n in range(100_000):
+        writer.write({"id": n, "padding": "x" * 100})
+    print("CRM-WRITING", flush=True)
+    time.sleep(60)
+"""
+
+
+def _killed_export(target) -> None:
+    """An export process killed mid-write (SIGKILL: no cleanup runs), as a worker dying would be."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # Airflow may log a line or two first
+        if line.strip() == "CRM-WRITING":
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_the_next_attempt_removes_what_killed_attempts_left(tmp_path):
+    target = tmp_path / "2026-12-01.jsonl"
+    _killed_export(target)
+    first = [p.name for p in tmp_path.iterdir()]
+    _killed_export(target)  # the retry, killed too: it removed the first attempt's partial file
+    second = [p.name for p in tmp_path.iterdir()]
+    assert len(first) == len(second) == 1 and first != second and second[0].endswith(".partial")
+    # a partial of an earlier run of the same export (another file name), dead for a while
+    stale = tmp_path / ".dag.export.2026-11-30.jsonl.0badf00d.partial"
+    stale.write_text("{}")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".dag.export.2026-11-29.jsonl.0c0ffee0.partial"  # perhaps another run still writing
+    fresh.write_text("{}")
+    other = tmp_path / ".other.task.2026-12-01.jsonl.12345678.partial"  # another export's
+    other.write_text("{}")
+    with open_export_writer(str(target), "jsonl", owner="dag.export") as writer:
+        writer.write({"id": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, fresh.name, other.name])
