@@ -15,6 +15,7 @@ import logging
 import queue
 import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -51,9 +52,17 @@ def _csv_cell(value: Any) -> Any:
 
 
 class ExportWriter:
-    """Writes records to an open binary stream. Use :func:`open_export_writer`."""
+    """Writes records to an open binary stream. Use :func:`open_export_writer`.
 
-    def __init__(self, raw: IO[bytes], fmt: str, fieldnames: Sequence[str] | None) -> None:
+    CSV needs its header before the first row, but records of one entity do not all have the same
+    keys (tombstones add ``_deleted``, some records lack optional fields). Unless ``fieldnames`` fixes
+    the columns, CSV rows are therefore spooled to a local temporary file as JSON lines and written
+    out at the end under a header of ``columns`` followed by every other key seen, in order of first
+    appearance: the header is stable across runs and nothing is dropped, with memory still flat.
+    """
+
+    def __init__(self, raw: IO[bytes], fmt: str, fieldnames: Sequence[str] | None = None,
+                 columns: Sequence[str] | None = None) -> None:
         self.raw = raw
         self.fmt = fmt
         self.count = 0
@@ -61,52 +70,79 @@ class ExportWriter:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._fieldnames = list(fieldnames) if fieldnames else None
+        self._columns: dict[str, None] = dict.fromkeys(columns or ())
+        self._dropped: set[str] = set()
+        self._spool: IO[bytes] | None = None
+        if fmt == "csv" and self._fieldnames is None:
+            # closed by close() or discard(): the writer outlives any one block
+            self._spool = tempfile.TemporaryFile(prefix="crm-export-", suffix=".jsonl")  # noqa: SIM115
         self._text: io.TextIOWrapper | None = None
         self._csv: csv.DictWriter | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.fmt == "jsonl":
+        if self.fmt == "jsonl" or self._spool is not None:
+            if self._spool is not None:
+                for key in record.keys() - self._columns.keys():
+                    self._columns[key] = None
             line = jsoncodec.dumps(record)
             self._pending.append(line)
             self._pending_size += len(line) + 1
             if self._pending_size > 262_144:
-                self.flush()
+                self._flush_lines()
         else:
-            if self._csv is None:
-                # Without declared columns, the first record fixes them; later unknown keys are an
-                # error rather than silently dropped data.
-                self._text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")
-                self._csv = csv.DictWriter(self._text, fieldnames=self._fieldnames or list(record))
-                self._csv.writeheader()
-            try:
-                self._csv.writerow({k: _csv_cell(v) for k, v in record.items()})
-            except ValueError as err:
-                raise CrmInputError(
-                    f"CSV export: record {self.count + 1} has columns not declared in the header ({err}); "
-                    "pass fieldnames= or export JSON Lines"
-                ) from err
+            self._csv_row(record)
         self.count += 1
 
-    def flush(self) -> None:
+    def _start_csv(self) -> csv.DictWriter:
+        if self._csv is None:
+            self._text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")
+            header = self._fieldnames or list(self._columns)
+            self._csv = csv.DictWriter(self._text, fieldnames=header, extrasaction="ignore")
+            self._csv.writeheader()
+        return self._csv
+
+    def _csv_row(self, record: dict[str, Any]) -> None:
+        writer = self._start_csv()
+        if self._fieldnames is not None:
+            self._dropped.update(record.keys() - set(self._fieldnames))
+        writer.writerow({k: _csv_cell(v) for k, v in record.items()})
+
+    def _flush_lines(self) -> None:
         if self._pending:
             self._pending.append(b"")  # the last line's newline
-            self.raw.write(b"\n".join(self._pending))
+            (self._spool or self.raw).write(b"\n".join(self._pending))
             self._pending.clear()
             self._pending_size = 0
+
+    def flush(self) -> None:
+        self._flush_lines()
         if self._text is not None:
             self._text.flush()
 
     def close(self) -> None:
-        """Flush, and let go of the stream without closing it (the caller owns it)."""
+        """Write out what is spooled, flush, and let go of the stream without closing it (the caller
+        owns it)."""
+        self._flush_lines()
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            with spool:
+                spool.seek(0)
+                for line in spool:
+                    self._csv_row(jsoncodec.loads(line))
+            self._start_csv()  # the header, even without records
+        if self._dropped:
+            log.warning("CSV export: columns not in fieldnames were left out: %s", ", ".join(sorted(self._dropped)))
+            self._dropped.clear()
         self.flush()
         if self._text is not None:
             self._text.detach()
             self._text = None
 
-    def write_many(self, records: Iterator[dict[str, Any]]) -> int:
-        for record in records:
-            self.write(record)
-        return self.count
+    def discard(self) -> None:
+        """Let go of what is spooled without writing it (the export failed)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
 
 # A partial file of the same export untouched for this long belongs to an attempt that died (a
@@ -149,13 +185,15 @@ def remove_stale_partials(target: ObjectStoragePath, owner: str | None) -> list[
 @contextmanager
 def open_export_writer(
     path: ObjectStoragePath | str, fmt: str = "jsonl", fieldnames: Sequence[str] | None = None,
-    owner: str | None = None,
+    owner: str | None = None, columns: Sequence[str] | None = None,
 ) -> Iterator[ExportWriter]:
     """Stream records to ``path`` atomically.
 
     :param path: target file (local path or any ObjectStoragePath URL: file://, s3://, gs://, ...).
     :param fmt: ``jsonl`` or ``csv``.
-    :param fieldnames: CSV columns; by default the keys of the first record.
+    :param fieldnames: CSV: exactly these columns (other keys are left out, with a warning).
+    :param columns: CSV without ``fieldnames``: the columns the header starts with (the entity's
+        declared fields), followed by any other key a record has.
     :param owner: a name for the export (e.g. ``dag_id.task_id``) put in its temporary file's name, so
         the next attempt can find and remove what a killed one left, whatever its target was.
     """
@@ -167,11 +205,12 @@ def open_export_writer(
     remove_stale_partials(target, owner)
     tmp = target.parent / f"{_partial_prefix(owner, target)}{target.name + '.' if owner else ''}{uuid.uuid4().hex[:8]}.partial"
     with tmp.open("wb") as raw:
-        writer = ExportWriter(raw, fmt, fieldnames)
+        writer = ExportWriter(raw, fmt, fieldnames, columns)
         try:
             yield writer
             writer.close()
         except BaseException:
+            writer.discard()
             writer.close()
             tmp.unlink(missing_ok=True)
             raise

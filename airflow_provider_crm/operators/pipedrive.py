@@ -289,7 +289,8 @@ class PipedriveExportOperator(_PipedriveOperator):
     :param slices: fetch the range as this many time slices in parallel; when one finishes early it
         takes over half of the busiest one's remainder, so uneven ranges keep every slice busy
         (v2 entities with ``updated_until``; others split evenly).
-    :param fieldnames: CSV columns (default: the first record's).
+    :param fieldnames: CSV: exactly these columns. By default the header holds the entity's declared
+        fields (custom ones by name), then any other key a record has, tombstone columns included.
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
@@ -335,7 +336,13 @@ class PipedriveExportOperator(_PipedriveOperator):
         fmap_future = (definitions.submit(self.hook.field_map, self.entity)
                        if self.rename_custom_fields and info.fields_endpoint and not window.empty else None)
         fmap: FieldMap | None = None
-        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames,
+        columns = None
+        if self.fmt == "csv" and not self.fieldnames:
+            # a stable CSV header: the entity's declared fields first (custom ones by name)
+            fmap = fmap_future.result() if fmap_future is not None else None
+            columns = _declared_columns(fmap, self.rename_custom_fields,
+                                        self.include_deleted, self.include_archived)
+        with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
                                 owner=task_label(self, context)) as writer, definitions:
             for record in self._records(start, end) if not window.empty else ():
                 if fmap_future is not None and fmap is None:
@@ -427,6 +434,16 @@ class PipedriveExportOperator(_PipedriveOperator):
 
         yield from fetch_balanced(fetch, _update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
                                   stats=self._slicing)
+
+
+def _declared_columns(fmap: FieldMap | None, by_name: bool, deleted: bool, archived: bool) -> list[str]:
+    columns = ["id"]
+    for definition in fmap.definitions if fmap is not None else []:
+        custom = definition.get("key") in fmap.by_key  # type: ignore[union-attr]
+        name = str(definition["name"] if custom and by_name else definition.get("key"))
+        if name not in columns:
+            columns.append(name)
+    return columns + ["_deleted"] * deleted + ["_archived"] * archived
 
 
 def _from_epoch(seconds: int) -> datetime:

@@ -430,7 +430,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
         self.log.info("Exporting pipe %s (%s) %s: at most %d cards in %d calls", pipe["name"], self.pipe_id,
                       f"updated in {window.describe()}", cards_total, estimated_calls)
         columns = self._columns(pipe) if self.fmt == "csv" else None
-        with open_export_writer(self.path, self.fmt, fieldnames=columns, owner=task_label(self, context)) as writer:
+        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
             for card in self._cards(phase_list, start, end) if not window.empty else ():
                 writer.write(card_row(card))
                 if writer.count % 1000 == 0:
@@ -548,7 +548,7 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
             for field in table["table_fields"]:
                 names = (field["label"], field["id"], f"{field['id']}__display")
                 columns += [name for name in names if name not in columns]
-        with open_export_writer(self.path, self.fmt, fieldnames=columns, owner=task_label(self, context)) as writer:
+        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
             for record in hook.iter_table_records(self.table_id) if not window.empty else ():
                 if _updated_within(record, start, end):
                     writer.write(record_row(record))

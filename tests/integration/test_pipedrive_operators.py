@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -100,6 +101,22 @@ def test_export_renames_custom_fields_and_option_labels(connections, context, tm
     header = path.read_text().splitlines()[0]
     assert "Source" in header and "Customer id" in header
     assert not any(len(col) == 40 for col in header.split(","))
+
+
+def test_csv_export_of_deals_with_tombstones_has_one_stable_header(connections, context, sandbox, tmp_path):
+    """Deals differ in their keys (archived and deleted ones add some): the CSV holds every deal the
+    JSON Lines export holds, under one header that starts with the declared fields."""
+    common = {"entity": "deals", "include_deleted": True, "include_archived": True, "settle_seconds": 0}
+    PipedriveExportOperator(task_id="c", path=str(tmp_path / "d.csv"), fmt="csv", **common).execute(context())
+    PipedriveExportOperator(task_id="j", path=str(tmp_path / "d.jsonl"), **common).execute(context())
+    with (tmp_path / "d.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    lines = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert reader.fieldnames is not None and reader.fieldnames[:2] == ["id", "title"]
+    assert {"_deleted", "_archived", "Onboarding plan"} <= set(reader.fieldnames)
+    assert sorted(int(r["id"]) for r in rows) == sorted(d["id"] for d in lines)
+    assert sum(r["_deleted"] == "True" for r in rows) == sum(bool(d.get("_deleted")) for d in lines) > 0
 
 
 def test_upsert_by_email_and_custom_field_no_duplicates(connections, context, sandbox, tmp_path):

@@ -50,10 +50,36 @@ def test_csv_export_keeps_nested_values_as_json(tmp_path):
     assert [(r["id"], json.loads(r["labels"]), r["note"]) for r in rows] == [("1", ["x", "y"], "")]
 
 
-def test_csv_export_refuses_an_undeclared_column(tmp_path):
-    with pytest.raises(CrmInputError, match="record 2"), open_export_writer(str(tmp_path / "x.csv"), "csv") as w:
+def test_csv_header_holds_declared_columns_then_every_key_any_record_has(tmp_path):
+    """A tombstone after 5,000 live deals still gets its column; declared columns come first, and
+    stay in the header even when no record has them, so the header is the same run after run."""
+    target = tmp_path / "deals.csv"
+    with open_export_writer(str(target), "csv", columns=["id", "title", "Onboarding plan"]) as writer:
+        for n in range(5000):
+            writer.write({"id": n, "title": f"Deal {n}", "value": n})
+        writer.write({"id": 7, "_deleted": True})
+    with target.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == ["id", "title", "Onboarding plan", "value", "_deleted"]
+    assert len(rows) == 5001 and rows[-1] == {"id": "7", "title": "", "Onboarding plan": "", "value": "",
+                                               "_deleted": "True"}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_csv_with_fieldnames_writes_exactly_those_columns(tmp_path):
+    target = tmp_path / "x.csv"
+    with open_export_writer(str(target), "csv", fieldnames=["id"]) as w:
         w.write({"id": 1})
         w.write({"id": 2, "surprise": True})
+    assert target.read_text().splitlines() == ["id", "1", "2"]
+
+
+def test_csv_without_records_still_has_its_header(tmp_path):
+    target = tmp_path / "empty.csv"
+    with open_export_writer(str(target), "csv", columns=["id", "title"]):
+        pass
+    assert target.read_text().splitlines() == ["id,title"]
 
 
 def test_unknown_format_is_named():
