@@ -68,6 +68,7 @@ DEFAULT_SAFETY = 0.95  # stay this fraction under each window limit
 ARRIVAL_GUARD_S = 0.05
 DEFAULT_MAX_WAIT = 120.0
 QUOTA_WARNING_RATIO = 0.8
+TOKEN_BUDGET = "daily token budget"  # Pipedrive's company-wide budget (x-daily-ratelimit-token-limit / -remaining)
 
 
 def normalise_pipedrive_plan(plan: str) -> str:
@@ -145,6 +146,10 @@ class LimitStore(ABC):
     def set_max(self, key: str, value: float, ttl: float) -> float:
         """Raise a value to at least ``value``; return the stored value."""
 
+    @abstractmethod
+    def set(self, key: str, value: float, ttl: float) -> None:
+        """Replace a value (what the server states is the truth)."""
+
 
 class MemoryStore(LimitStore):
     """This process only: right for a single task, wrong for several sharing a token."""
@@ -184,6 +189,10 @@ class MemoryStore(LimitStore):
                 self._values[key] = (value, time.time() + ttl)
                 return value
             return current
+
+    def set(self, key: str, value: float, ttl: float) -> None:
+        with self._lock:
+            self._values[key] = (value, time.time() + ttl)
 
 
 class FileStore(LimitStore):
@@ -245,6 +254,9 @@ class FileStore(LimitStore):
     def set_max(self, key: str, value: float, ttl: float) -> float:
         return self._write(key, lambda current: (max(current, value), value > current), ttl)
 
+    def set(self, key: str, value: float, ttl: float) -> None:
+        self._write(key, lambda current: (value, True), ttl)
+
 
 class RedisStore(LimitStore):
     """Redis, shared by every machine (Celery or Kubernetes workers)."""
@@ -293,6 +305,9 @@ class RedisStore(LimitStore):
 
     def set_max(self, key: str, value: float, ttl: float) -> float:
         return float(self._set_max(keys=[f"crm:value:{key}"], args=[repr(value), int(ttl * 1000)]))
+
+    def set(self, key: str, value: float, ttl: float) -> None:
+        self._redis.set(f"crm:value:{key}", repr(value), px=int(ttl * 1000))
 
 
 _STORES: dict[str, LimitStore] = {}
@@ -416,6 +431,7 @@ class RateLimiter:
         self.plan = plan
         self.stats = LimiterStats()
         self._warned: set[str] = set()
+        self._stated: dict[str, tuple[str, int | None]] = {}  # allowance -> (period, limit the server stated)
         self._acquired = 0
         self._buckets = {
             w.name: store.bucket(f"{service}_{key}_{w.name}", [Rate(w.limit, int((w.seconds + ARRIVAL_GUARD_S) * 1000))])
@@ -449,31 +465,59 @@ class RateLimiter:
         period, _ = self._period_id(allowance.period)
         return self.store.get(self._value_key(f"{allowance.name}:{period}"))
 
+    def _limit(self, allowance: Allowance) -> int | None:
+        """The allowance's limit this period: the one the server stated (Pipedrive's
+        ``x-daily-ratelimit-token-limit``, kept in the store for every process), else the configured one
+        (plan x seats, or the connection's override), which may be wrong."""
+        if allowance.name != TOKEN_BUDGET:
+            return allowance.limit
+        period, _ = self._period_id(allowance.period)
+        known = self._stated.get(allowance.name)
+        if known is None or known[0] != period:  # read once per period and process; answers update it
+            stated = self.store.get(self._value_key(f"{allowance.name}:limit:{period}"))
+            known = (period, int(stated) if stated > 0 else None)
+            self._stated[allowance.name] = known
+        return known[1] or allowance.limit
+
+    def _take_stated_limit(self, allowance: Allowance, limit: int, left: float) -> None:
+        """The server stated its limit and what is left: both are the truth, whatever the connection says."""
+        period, ttl = self._period_id(allowance.period)
+        known = self._stated.get(allowance.name)
+        if known != (period, limit):
+            self.store.set(self._value_key(f"{allowance.name}:limit:{period}"), limit, ttl)
+            self._stated[allowance.name] = (period, limit)
+            if allowance.limit is not None and allowance.limit != limit:
+                log.info("%s states a %s of %d a day; the connection's plan and seats give %d: following %s",
+                         self.service, allowance.name, limit, allowance.limit, self.service)
+        self.store.set(self._value_key(f"{allowance.name}:{period}"), max(0.0, limit - left), ttl)
+
     def _spend(self, kind: str, cost: int) -> None:
         for allowance in self.allowances:
-            if allowance.limit is None or kind not in allowance.kinds:
+            limit = self._limit(allowance)
+            if limit is None or kind not in allowance.kinds:
                 continue
             amount = cost if allowance.by_cost else 1
             period, ttl = self._period_id(allowance.period)
             used_before = self._allowance_used(allowance)
-            if used_before + amount > allowance.limit:
-                self._refuse(allowance, used_before, amount)
+            if used_before + amount > limit:
+                self._refuse(allowance, limit, used_before, amount)
             used = self.store.add(self._value_key(f"{allowance.name}:{period}"), amount, ttl)
-            if used > allowance.limit:
+            if used > limit:
                 # another process got there first
                 self.store.add(self._value_key(f"{allowance.name}:{period}"), -amount, ttl)
-                self._refuse(allowance, used - amount, amount)
-            if used >= QUOTA_WARNING_RATIO * allowance.limit and allowance.name not in self._warned:
+                self._refuse(allowance, limit, used - amount, amount)
+            if used >= QUOTA_WARNING_RATIO * limit and allowance.name not in self._warned:
                 self._warned.add(allowance.name)
                 log.warning(
                     "%s %s: %d of %d used this %s (%.0f%%)",
-                    self.service, allowance.name, used, allowance.limit, allowance.period, 100 * used / allowance.limit,
+                    self.service, allowance.name, used, limit, allowance.period, 100 * used / limit,
                 )
 
-    def _refuse(self, allowance: Allowance, used: float, amount: int) -> None:
+    def _refuse(self, allowance: Allowance, limit: int, used: float, amount: int) -> None:
+        source = f"stated by {self.service}" if limit != allowance.limit else f"plan {self.plan!r}"
         text = (
-            f"{self.service} {allowance.name}: {used:.0f} of {allowance.limit} already used this {allowance.period} "
-            f"(plan {self.plan!r}); this request needs {amount} more"
+            f"{self.service} {allowance.name}: {used:.0f} of {limit} already used this {allowance.period} "
+            f"({source}); this request needs {amount} more"
         )
         if allowance.hard:
             raise CrmQuotaExceededError(
@@ -496,7 +540,7 @@ class RateLimiter:
                 )
 
     def quota_status(self) -> dict[str, Any]:
-        return {a.name: {"used": self._allowance_used(a), "limit": a.limit} for a in self.allowances}
+        return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
     # -- windows --------------------------------------------------------------------------------------
     def _try_windows(self, kind: str) -> tuple[float, str]:
@@ -580,11 +624,18 @@ class RateLimiter:
             # epoch). At 1 left it is our own full window (19 of 20): pausing there cost a fifth of
             # the Lite plan's throughput, measured.
             self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
-        for header, name in (("x-daily-ratelimit-token-remaining", "daily token budget"),
+        stated = _number(lower.get("x-daily-ratelimit-token-limit"))
+        for header, name in (("x-daily-ratelimit-token-remaining", TOKEN_BUDGET),
                              ("x-daily-requests-left", "daily POST/PUT allowance")):
             left = _number(lower.get(header))
             allowance = next((a for a in self.allowances if a.name == name), None)
-            if left is None or allowance is None or allowance.limit is None:
+            if left is None or allowance is None:
+                continue
+            if name == TOKEN_BUDGET and stated:
+                # the server's own limit and remaining: never mixed with the configured limit
+                self._take_stated_limit(allowance, int(stated), left)
+                continue
+            if allowance.limit is None:
                 continue
             period, ttl = self._period_id(allowance.period)
             self.store.set_max(self._value_key(f"{allowance.name}:{period}"), allowance.limit - left, ttl)
@@ -655,7 +706,7 @@ def build_limiter(
             Window("search", max(1, int(PIPEDRIVE_SEARCH_PER_2S * safety)), PIPEDRIVE_WINDOW_SECONDS,
                    frozenset({"search"})),
         ]
-        allowances = [Allowance("daily token budget", budget, "day", all_kinds, by_cost=True, hard=False)]
+        allowances = [Allowance(TOKEN_BUDGET, budget, "day", all_kinds, by_cost=True, hard=False)]
         if auth_type == "token":
             allowances.append(Allowance("daily POST/PUT allowance", PIPEDRIVE_DAILY_WRITES, "day",
                                         frozenset({"write"}), by_cost=False, hard=False))
