@@ -13,6 +13,7 @@ plain counters in the same store. Keys are a digest of the token, never the toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,18 +22,20 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote, urlparse
 
 from pyrate_limiter import AbstractBucket, InMemoryBucket, Rate, RateItem, SQLiteBucket
 
 from airflow_provider_crm.common.errors import (
     CrmConfigError,
     CrmDailyBudgetExceededError,
+    CrmError,
     CrmQuotaExceededError,
     CrmWaitTooLongError,
 )
@@ -276,9 +279,12 @@ class RedisStore(LimitStore):
             import redis
         except ImportError as err:  # pragma: no cover - depends on the extra
             raise ImportError("a redis:// rate-limit store needs: pip install 'airflow-provider-crm[redis]'") from err
-        self._redis = redis.Redis.from_url(url)
+        # a Redis that does not answer fails the task in seconds, not after the system's TCP timeout
+        # (a socket_connect_timeout in the URL's query wins)
+        self._redis = redis.Redis.from_url(url, socket_connect_timeout=10)
         # never show the password a URL may carry
         self.description = "redis (" + url.split("@")[-1].split("://")[-1] + ")"
+        self._redis.ping()  # an unreachable Redis fails here, where the error can name the setting
         self._buckets: dict[str, AbstractBucket] = {}
         self._lock = threading.Lock()
         self._set_max = self._redis.register_script(self._SET_MAX)
@@ -347,6 +353,50 @@ def get_store(location: str | None) -> LimitStore:
             else:
                 raise ValueError(f"unknown rate-limit store {location.split('://')[0]!r}")
         return _STORES[location]
+
+
+def safe_location(location: str) -> str:
+    """A store location fit for messages: a URL's user and password left out."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("redis", "rediss", "unix") and (parsed.username or parsed.password):
+        return location.replace(parsed.netloc, parsed.netloc.rsplit("@", 1)[-1], 1)
+    return location
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error, ValueError, ImportError]
+    try:
+        import redis
+
+        errors.append(redis.RedisError)
+    except ImportError:  # pragma: no cover - depends on the extra
+        pass
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def store_errors_named(conn_id: str, location: str | None) -> Iterator[None]:
+    """Opening a store that cannot be used (Redis unreachable or refusing the password, a directory
+    that cannot be written) fails the task with a :class:`CrmConfigError` naming the connection and
+    ``rate_limit_store``, instead of the library's own exception. No password is ever shown."""
+    try:
+        yield
+    except CrmError:
+        raise
+    except _store_errors() as err:
+        where = location or default_store_location()
+        secret = urlparse(where).password
+        shown = safe_location(where)
+        detail = f"{type(err).__name__}: {err}"
+        if secret:
+            detail = detail.replace(secret, "***").replace(unquote(secret), "***")
+        source = f"({shown!r})" if location else f"(not set: the [crm] rate_limit_store default {shown!r} applies)"
+        if shown.startswith(("redis", "unix")):
+            hint = "check that Redis runs, is reachable from this worker and takes the URL's password"
+        else:
+            hint = "check that the directory (or [crm] rate_limit_dir) can be created and written by this worker"
+        raise CrmConfigError(conn_id, "rate_limit_store", f"{source}: the rate-limit store cannot be used ({detail}); "
+                             f"{hint}, or set rate_limit_store to another store") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -662,6 +712,7 @@ def build_limiter(
     max_wait: float | None = None,
     safety: float = DEFAULT_SAFETY,
     block_seconds: float | None = None,
+    conn_id: str | None = None,
 ) -> RateLimiter:
     """The limiter for one token of one service.
 
@@ -675,29 +726,32 @@ def build_limiter(
     :param store: ``memory``, ``file``, ``file:///dir`` or ``redis://...``; default ``[crm] rate_limit_store``.
     :param max_wait: longest wait sat out in-process; default ``[crm] max_rate_limit_wait``.
     :param safety: fraction of each window limit used.
+    :param conn_id: the connection, named in configuration errors (the store's included).
     """
     given: dict[str, int] = {k: int(v) for k, v in (overrides or {}).items() if v is not None}
     key = token_digest(token)
-    limit_store = get_store(store)
+    with store_errors_named(conn_id or service, store):
+        limit_store = get_store(store)
     max_wait = default_max_wait() if max_wait is None else max_wait
     all_kinds = frozenset({"read", "write", "search"})
     if service == "pipefy":
         plan = (plan or "unlimited").lower()
         if plan not in PIPEFY_MONTHLY_QUOTA:
-            raise CrmConfigError("pipefy", "plan", f"must be one of {', '.join(PIPEFY_MONTHLY_QUOTA)}")
+            raise CrmConfigError(conn_id or "pipefy", "plan", f"must be one of {', '.join(PIPEFY_MONTHLY_QUOTA)}")
         per_window = int(given.get("requests_per_30s", PIPEFY_REQUESTS_PER_WINDOW))
         quota = given.get("monthly_quota", PIPEFY_MONTHLY_QUOTA[plan])
         windows = [Window("requests", max(1, int(per_window * safety)), PIPEFY_WINDOW_SECONDS, all_kinds)]
         allowances = [Allowance("monthly call quota", quota, "month", all_kinds, by_cost=False, hard=True)]
-        return RateLimiter(
-            service, key, limit_store, windows, allowances,
-            block_seconds=PIPEFY_BLOCK_SECONDS if block_seconds is None else block_seconds,
-            max_wait=max_wait, plan=plan,
-        )
+        with store_errors_named(conn_id or service, store):  # the buckets open here
+            return RateLimiter(
+                service, key, limit_store, windows, allowances,
+                block_seconds=PIPEFY_BLOCK_SECONDS if block_seconds is None else block_seconds,
+                max_wait=max_wait, plan=plan,
+            )
     if service == "pipedrive":
         plan = normalise_pipedrive_plan(plan or "lite")
         if plan not in PIPEDRIVE_BURST:
-            raise CrmConfigError("pipedrive", "plan", f"must be one of {', '.join(PIPEDRIVE_BURST)}")
+            raise CrmConfigError(conn_id or "pipedrive", "plan", f"must be one of {', '.join(PIPEDRIVE_BURST)}")
         burst = PIPEDRIVE_BURST[plan][1 if auth_type == "oauth" else 0]
         burst = int(given.get("requests_per_2s", burst))
         budget = given.get("daily_token_budget", PIPEDRIVE_BASE_DAILY_TOKENS * PIPEDRIVE_BUDGET_MULTIPLIER[plan] * seats)
@@ -710,9 +764,10 @@ def build_limiter(
         if auth_type == "token":
             allowances.append(Allowance("daily POST/PUT allowance", PIPEDRIVE_DAILY_WRITES, "day",
                                         frozenset({"write"}), by_cost=False, hard=False))
-        return RateLimiter(
-            service, key, limit_store, windows, allowances,
-            block_seconds=PIPEDRIVE_WINDOW_SECONDS if block_seconds is None else block_seconds,
-            max_wait=max_wait, plan=plan,
-        )
+        with store_errors_named(conn_id or service, store):  # the buckets open here
+            return RateLimiter(
+                service, key, limit_store, windows, allowances,
+                block_seconds=PIPEDRIVE_WINDOW_SECONDS if block_seconds is None else block_seconds,
+                max_wait=max_wait, plan=plan,
+            )
     raise ValueError(f"unknown service {service!r}")

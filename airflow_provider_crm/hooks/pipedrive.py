@@ -360,7 +360,7 @@ class PipedriveHook(BaseHook):
         return self.read_settings(self.get_connection(self.pipedrive_conn_id))
 
     def read_settings(self, conn: Any) -> dict[str, Any]:
-        reader = ConnectionReader(self.pipedrive_conn_id, "pipedrive", conn.extra_dejson)
+        reader = ConnectionReader.for_connection(self.pipedrive_conn_id, "pipedrive", conn)
         token = (conn.password or "").strip() or None
         oauth = {name: reader.text(name) for name in ("client_id", "client_secret", "refresh_token")}
         if any(oauth.values()) and not all(oauth.values()):
@@ -407,6 +407,7 @@ class PipedriveHook(BaseHook):
         return build_limiter(
             "pipedrive", key, plan=s["plan"], auth_type=s["auth_type"], seats=s["seats"], store=s["rate_limit_store"],
             overrides={"requests_per_2s": s["requests_per_2s"], "daily_token_budget": s["daily_token_budget"]},
+            conn_id=self.pipedrive_conn_id,
         )
 
     def get_conn(self) -> requests.Session:

@@ -419,7 +419,7 @@ class PipefyHook(BaseHook):
         return self.read_settings(self.get_connection(self.pipefy_conn_id))
 
     def read_settings(self, conn: Any) -> dict[str, Any]:
-        reader = ConnectionReader(self.pipefy_conn_id, "pipefy", conn.extra_dejson)
+        reader = ConnectionReader.for_connection(self.pipefy_conn_id, "pipefy", conn)
         client_id = reader.text("client_id")
         client_secret = reader.text("client_secret")
         token = (conn.password or "").strip() or None
@@ -460,6 +460,7 @@ class PipefyHook(BaseHook):
         return build_limiter(
             "pipefy", key, plan=s["plan"], store=s["rate_limit_store"],
             overrides={"requests_per_30s": s["requests_per_30s"], "monthly_quota": s["monthly_quota"]},
+            conn_id=self.pipefy_conn_id,
         )
 
     def get_conn(self) -> requests.Session:
