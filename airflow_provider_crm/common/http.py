@@ -12,7 +12,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from airflow_provider_crm.common.errors import CrmTransientApiError
+from airflow_provider_crm.common.errors import CrmRateLimitError, CrmTransientApiError
 
 # Connections a session keeps per host: each reader thread (one per slice or phase) holds one, and
 # urllib3's default of 10 would drop and reopen connections beyond that.
@@ -95,8 +95,14 @@ def read_body(resp: requests.Response, *, what: str, service: str) -> bytes:
         return resp.content
     except TRANSPORT_ERRORS as err:
         resp.close()
-        raise CrmTransientApiError(f"{what}: {failure_text(err)} while reading the body of an HTTP "
-                                   f"{resp.status_code} answer", service=service, status=resp.status_code) from None
+        raise _cut_short(f"{what}: {failure_text(err)} while reading the body of an HTTP {resp.status_code} answer",
+                         service, resp.status_code) from None
+
+
+def _cut_short(message: str, service: str, status: int) -> CrmTransientApiError:
+    # a 429 stays a rate-limit refusal (waited out, repeated even for a create) whatever became of its body
+    cls = CrmRateLimitError if status == 429 else CrmTransientApiError
+    return cls(message, service=service, status=status)
 
 
 async def asend(client: httpx.AsyncClient, method: str, url: str, *, what: str, service: str,
@@ -109,8 +115,8 @@ async def asend(client: httpx.AsyncClient, method: str, url: str, *, what: str, 
     try:
         await resp.aread()
     except (httpx.HTTPError, OSError) as err:
-        raise CrmTransientApiError(f"{what}: {failure_text(err)} while reading the body of an HTTP "
-                                   f"{resp.status_code} answer", service=service, status=resp.status_code) from None
+        raise _cut_short(f"{what}: {failure_text(err)} while reading the body of an HTTP {resp.status_code} answer",
+                         service, resp.status_code) from None
     finally:
         await resp.aclose()
     return resp

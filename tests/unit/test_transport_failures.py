@@ -10,8 +10,10 @@ import pytest
 import requests
 import responses
 import respx
+import urllib3
 
-from airflow_provider_crm.common.errors import CrmTransientApiError
+from airflow_provider_crm.common import http
+from airflow_provider_crm.common.errors import CrmRateLimitError, CrmTransientApiError
 from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHook
 from airflow_provider_crm.hooks.pipefy import ME, PipefyAsyncHook, PipefyHook
 
@@ -144,3 +146,26 @@ async def test_async_html_page_is_reported_as_html_with_its_real_status():
         with pytest.raises(CrmTransientApiError) as caught:
             await PipedriveAsyncHook("pd")._aget_once("deals", 1)
     assert caught.value.status == 200 and "HTML page, not JSON" in str(caught.value)
+
+
+class _CutShortRaw:
+    """urllib3's side of an answer whose body breaks off after the headers."""
+
+    def stream(self, chunk_size, decode_content=True):
+        yield b'{"success": fal'
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(15 bytes read, 40 more expected)")
+
+    def release_conn(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("status,cls", [(200, CrmTransientApiError), (429, CrmRateLimitError)])
+def test_a_body_cut_short_keeps_the_answers_status_and_a_429_stays_a_rate_limit(status, cls):
+    resp = requests.Response()
+    resp.status_code, resp.raw = status, _CutShortRaw()
+    with pytest.raises(cls) as caught:
+        http.read_body(resp, what="GET /api/v2/deals", service="pipedrive")
+    assert caught.value.status == status and "ChunkedEncodingError" in str(caught.value)
