@@ -13,6 +13,7 @@ plain counters in the same store. Keys are a digest of the token, never the toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,18 +22,20 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote, urlparse
 
 from pyrate_limiter import AbstractBucket, InMemoryBucket, Rate, RateItem, SQLiteBucket
 
 from airflow_provider_crm.common.errors import (
     CrmConfigError,
     CrmDailyBudgetExceededError,
+    CrmError,
     CrmQuotaExceededError,
     CrmWaitTooLongError,
 )
@@ -68,6 +71,7 @@ DEFAULT_SAFETY = 0.95  # stay this fraction under each window limit
 ARRIVAL_GUARD_S = 0.05
 DEFAULT_MAX_WAIT = 120.0
 QUOTA_WARNING_RATIO = 0.8
+TOKEN_BUDGET = "daily token budget"  # Pipedrive's company-wide budget (x-daily-ratelimit-token-limit / -remaining)
 
 
 def normalise_pipedrive_plan(plan: str) -> str:
@@ -145,6 +149,10 @@ class LimitStore(ABC):
     def set_max(self, key: str, value: float, ttl: float) -> float:
         """Raise a value to at least ``value``; return the stored value."""
 
+    @abstractmethod
+    def set(self, key: str, value: float, ttl: float) -> None:
+        """Replace a value (what the server states is the truth)."""
+
 
 class MemoryStore(LimitStore):
     """This process only: right for a single task, wrong for several sharing a token."""
@@ -184,6 +192,10 @@ class MemoryStore(LimitStore):
                 self._values[key] = (value, time.time() + ttl)
                 return value
             return current
+
+    def set(self, key: str, value: float, ttl: float) -> None:
+        with self._lock:
+            self._values[key] = (value, time.time() + ttl)
 
 
 class FileStore(LimitStore):
@@ -245,6 +257,9 @@ class FileStore(LimitStore):
     def set_max(self, key: str, value: float, ttl: float) -> float:
         return self._write(key, lambda current: (max(current, value), value > current), ttl)
 
+    def set(self, key: str, value: float, ttl: float) -> None:
+        self._write(key, lambda current: (value, True), ttl)
+
 
 class RedisStore(LimitStore):
     """Redis, shared by every machine (Celery or Kubernetes workers)."""
@@ -264,9 +279,12 @@ class RedisStore(LimitStore):
             import redis
         except ImportError as err:  # pragma: no cover - depends on the extra
             raise ImportError("a redis:// rate-limit store needs: pip install 'airflow-provider-crm[redis]'") from err
-        self._redis = redis.Redis.from_url(url)
+        # a Redis that does not answer fails the task in seconds, not after the system's TCP timeout
+        # (a socket_connect_timeout in the URL's query wins)
+        self._redis = redis.Redis.from_url(url, socket_connect_timeout=10)
         # never show the password a URL may carry
         self.description = "redis (" + url.split("@")[-1].split("://")[-1] + ")"
+        self._redis.ping()  # an unreachable Redis fails here, where the error can name the setting
         self._buckets: dict[str, AbstractBucket] = {}
         self._lock = threading.Lock()
         self._set_max = self._redis.register_script(self._SET_MAX)
@@ -293,6 +311,9 @@ class RedisStore(LimitStore):
 
     def set_max(self, key: str, value: float, ttl: float) -> float:
         return float(self._set_max(keys=[f"crm:value:{key}"], args=[repr(value), int(ttl * 1000)]))
+
+    def set(self, key: str, value: float, ttl: float) -> None:
+        self._redis.set(f"crm:value:{key}", repr(value), px=int(ttl * 1000))
 
 
 _STORES: dict[str, LimitStore] = {}
@@ -332,6 +353,50 @@ def get_store(location: str | None) -> LimitStore:
             else:
                 raise ValueError(f"unknown rate-limit store {location.split('://')[0]!r}")
         return _STORES[location]
+
+
+def safe_location(location: str) -> str:
+    """A store location fit for messages: a URL's user and password left out."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("redis", "rediss", "unix") and (parsed.username or parsed.password):
+        return location.replace(parsed.netloc, parsed.netloc.rsplit("@", 1)[-1], 1)
+    return location
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error, ValueError, ImportError]
+    try:
+        import redis
+
+        errors.append(redis.RedisError)
+    except ImportError:  # pragma: no cover - depends on the extra
+        pass
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def store_errors_named(conn_id: str, location: str | None) -> Iterator[None]:
+    """Opening a store that cannot be used (Redis unreachable or refusing the password, a directory
+    that cannot be written) fails the task with a :class:`CrmConfigError` naming the connection and
+    ``rate_limit_store``, instead of the library's own exception. No password is ever shown."""
+    try:
+        yield
+    except CrmError:
+        raise
+    except _store_errors() as err:
+        where = location or default_store_location()
+        secret = urlparse(where).password
+        shown = safe_location(where)
+        detail = f"{type(err).__name__}: {err}"
+        if secret:
+            detail = detail.replace(secret, "***").replace(unquote(secret), "***")
+        source = f"({shown!r})" if location else f"(not set: the [crm] rate_limit_store default {shown!r} applies)"
+        if shown.startswith(("redis", "unix")):
+            hint = "check that Redis runs, is reachable from this worker and takes the URL's password"
+        else:
+            hint = "check that the directory (or [crm] rate_limit_dir) can be created and written by this worker"
+        raise CrmConfigError(conn_id, "rate_limit_store", f"{source}: the rate-limit store cannot be used ({detail}); "
+                             f"{hint}, or set rate_limit_store to another store") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -416,6 +481,7 @@ class RateLimiter:
         self.plan = plan
         self.stats = LimiterStats()
         self._warned: set[str] = set()
+        self._stated: dict[str, tuple[str, int | None]] = {}  # allowance -> (period, limit the server stated)
         self._acquired = 0
         self._buckets = {
             w.name: store.bucket(f"{service}_{key}_{w.name}", [Rate(w.limit, int((w.seconds + ARRIVAL_GUARD_S) * 1000))])
@@ -449,31 +515,59 @@ class RateLimiter:
         period, _ = self._period_id(allowance.period)
         return self.store.get(self._value_key(f"{allowance.name}:{period}"))
 
+    def _limit(self, allowance: Allowance) -> int | None:
+        """The allowance's limit this period: the one the server stated (Pipedrive's
+        ``x-daily-ratelimit-token-limit``, kept in the store for every process), else the configured one
+        (plan x seats, or the connection's override), which may be wrong."""
+        if allowance.name != TOKEN_BUDGET:
+            return allowance.limit
+        period, _ = self._period_id(allowance.period)
+        known = self._stated.get(allowance.name)
+        if known is None or known[0] != period:  # read once per period and process; answers update it
+            stated = self.store.get(self._value_key(f"{allowance.name}:limit:{period}"))
+            known = (period, int(stated) if stated > 0 else None)
+            self._stated[allowance.name] = known
+        return known[1] or allowance.limit
+
+    def _take_stated_limit(self, allowance: Allowance, limit: int, left: float) -> None:
+        """The server stated its limit and what is left: both are the truth, whatever the connection says."""
+        period, ttl = self._period_id(allowance.period)
+        known = self._stated.get(allowance.name)
+        if known != (period, limit):
+            self.store.set(self._value_key(f"{allowance.name}:limit:{period}"), limit, ttl)
+            self._stated[allowance.name] = (period, limit)
+            if allowance.limit is not None and allowance.limit != limit:
+                log.info("%s states a %s of %d a day; the connection's plan and seats give %d: following %s",
+                         self.service, allowance.name, limit, allowance.limit, self.service)
+        self.store.set(self._value_key(f"{allowance.name}:{period}"), max(0.0, limit - left), ttl)
+
     def _spend(self, kind: str, cost: int) -> None:
         for allowance in self.allowances:
-            if allowance.limit is None or kind not in allowance.kinds:
+            limit = self._limit(allowance)
+            if limit is None or kind not in allowance.kinds:
                 continue
             amount = cost if allowance.by_cost else 1
             period, ttl = self._period_id(allowance.period)
             used_before = self._allowance_used(allowance)
-            if used_before + amount > allowance.limit:
-                self._refuse(allowance, used_before, amount)
+            if used_before + amount > limit:
+                self._refuse(allowance, limit, used_before, amount)
             used = self.store.add(self._value_key(f"{allowance.name}:{period}"), amount, ttl)
-            if used > allowance.limit:
+            if used > limit:
                 # another process got there first
                 self.store.add(self._value_key(f"{allowance.name}:{period}"), -amount, ttl)
-                self._refuse(allowance, used - amount, amount)
-            if used >= QUOTA_WARNING_RATIO * allowance.limit and allowance.name not in self._warned:
+                self._refuse(allowance, limit, used - amount, amount)
+            if used >= QUOTA_WARNING_RATIO * limit and allowance.name not in self._warned:
                 self._warned.add(allowance.name)
                 log.warning(
                     "%s %s: %d of %d used this %s (%.0f%%)",
-                    self.service, allowance.name, used, allowance.limit, allowance.period, 100 * used / allowance.limit,
+                    self.service, allowance.name, used, limit, allowance.period, 100 * used / limit,
                 )
 
-    def _refuse(self, allowance: Allowance, used: float, amount: int) -> None:
+    def _refuse(self, allowance: Allowance, limit: int, used: float, amount: int) -> None:
+        source = f"stated by {self.service}" if limit != allowance.limit else f"plan {self.plan!r}"
         text = (
-            f"{self.service} {allowance.name}: {used:.0f} of {allowance.limit} already used this {allowance.period} "
-            f"(plan {self.plan!r}); this request needs {amount} more"
+            f"{self.service} {allowance.name}: {used:.0f} of {limit} already used this {allowance.period} "
+            f"({source}); this request needs {amount} more"
         )
         if allowance.hard:
             raise CrmQuotaExceededError(
@@ -496,7 +590,7 @@ class RateLimiter:
                 )
 
     def quota_status(self) -> dict[str, Any]:
-        return {a.name: {"used": self._allowance_used(a), "limit": a.limit} for a in self.allowances}
+        return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
     # -- windows --------------------------------------------------------------------------------------
     def _try_windows(self, kind: str) -> tuple[float, str]:
@@ -580,11 +674,18 @@ class RateLimiter:
             # epoch). At 1 left it is our own full window (19 of 20): pausing there cost a fifth of
             # the Lite plan's throughput, measured.
             self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
-        for header, name in (("x-daily-ratelimit-token-remaining", "daily token budget"),
+        stated = _number(lower.get("x-daily-ratelimit-token-limit"))
+        for header, name in (("x-daily-ratelimit-token-remaining", TOKEN_BUDGET),
                              ("x-daily-requests-left", "daily POST/PUT allowance")):
             left = _number(lower.get(header))
             allowance = next((a for a in self.allowances if a.name == name), None)
-            if left is None or allowance is None or allowance.limit is None:
+            if left is None or allowance is None:
+                continue
+            if name == TOKEN_BUDGET and stated:
+                # the server's own limit and remaining: never mixed with the configured limit
+                self._take_stated_limit(allowance, int(stated), left)
+                continue
+            if allowance.limit is None:
                 continue
             period, ttl = self._period_id(allowance.period)
             self.store.set_max(self._value_key(f"{allowance.name}:{period}"), allowance.limit - left, ttl)
@@ -611,6 +712,7 @@ def build_limiter(
     max_wait: float | None = None,
     safety: float = DEFAULT_SAFETY,
     block_seconds: float | None = None,
+    conn_id: str | None = None,
 ) -> RateLimiter:
     """The limiter for one token of one service.
 
@@ -624,29 +726,32 @@ def build_limiter(
     :param store: ``memory``, ``file``, ``file:///dir`` or ``redis://...``; default ``[crm] rate_limit_store``.
     :param max_wait: longest wait sat out in-process; default ``[crm] max_rate_limit_wait``.
     :param safety: fraction of each window limit used.
+    :param conn_id: the connection, named in configuration errors (the store's included).
     """
     given: dict[str, int] = {k: int(v) for k, v in (overrides or {}).items() if v is not None}
     key = token_digest(token)
-    limit_store = get_store(store)
+    with store_errors_named(conn_id or service, store):
+        limit_store = get_store(store)
     max_wait = default_max_wait() if max_wait is None else max_wait
     all_kinds = frozenset({"read", "write", "search"})
     if service == "pipefy":
         plan = (plan or "unlimited").lower()
         if plan not in PIPEFY_MONTHLY_QUOTA:
-            raise CrmConfigError("pipefy", "plan", f"must be one of {', '.join(PIPEFY_MONTHLY_QUOTA)}")
+            raise CrmConfigError(conn_id or "pipefy", "plan", f"must be one of {', '.join(PIPEFY_MONTHLY_QUOTA)}")
         per_window = int(given.get("requests_per_30s", PIPEFY_REQUESTS_PER_WINDOW))
         quota = given.get("monthly_quota", PIPEFY_MONTHLY_QUOTA[plan])
         windows = [Window("requests", max(1, int(per_window * safety)), PIPEFY_WINDOW_SECONDS, all_kinds)]
         allowances = [Allowance("monthly call quota", quota, "month", all_kinds, by_cost=False, hard=True)]
-        return RateLimiter(
-            service, key, limit_store, windows, allowances,
-            block_seconds=PIPEFY_BLOCK_SECONDS if block_seconds is None else block_seconds,
-            max_wait=max_wait, plan=plan,
-        )
+        with store_errors_named(conn_id or service, store):  # the buckets open here
+            return RateLimiter(
+                service, key, limit_store, windows, allowances,
+                block_seconds=PIPEFY_BLOCK_SECONDS if block_seconds is None else block_seconds,
+                max_wait=max_wait, plan=plan,
+            )
     if service == "pipedrive":
         plan = normalise_pipedrive_plan(plan or "lite")
         if plan not in PIPEDRIVE_BURST:
-            raise CrmConfigError("pipedrive", "plan", f"must be one of {', '.join(PIPEDRIVE_BURST)}")
+            raise CrmConfigError(conn_id or "pipedrive", "plan", f"must be one of {', '.join(PIPEDRIVE_BURST)}")
         burst = PIPEDRIVE_BURST[plan][1 if auth_type == "oauth" else 0]
         burst = int(given.get("requests_per_2s", burst))
         budget = given.get("daily_token_budget", PIPEDRIVE_BASE_DAILY_TOKENS * PIPEDRIVE_BUDGET_MULTIPLIER[plan] * seats)
@@ -655,13 +760,14 @@ def build_limiter(
             Window("search", max(1, int(PIPEDRIVE_SEARCH_PER_2S * safety)), PIPEDRIVE_WINDOW_SECONDS,
                    frozenset({"search"})),
         ]
-        allowances = [Allowance("daily token budget", budget, "day", all_kinds, by_cost=True, hard=False)]
+        allowances = [Allowance(TOKEN_BUDGET, budget, "day", all_kinds, by_cost=True, hard=False)]
         if auth_type == "token":
             allowances.append(Allowance("daily POST/PUT allowance", PIPEDRIVE_DAILY_WRITES, "day",
                                         frozenset({"write"}), by_cost=False, hard=False))
-        return RateLimiter(
-            service, key, limit_store, windows, allowances,
-            block_seconds=PIPEDRIVE_WINDOW_SECONDS if block_seconds is None else block_seconds,
-            max_wait=max_wait, plan=plan,
-        )
+        with store_errors_named(conn_id or service, store):  # the buckets open here
+            return RateLimiter(
+                service, key, limit_store, windows, allowances,
+                block_seconds=PIPEDRIVE_WINDOW_SECONDS if block_seconds is None else block_seconds,
+                max_wait=max_wait, plan=plan,
+            )
     raise ValueError(f"unknown service {service!r}")

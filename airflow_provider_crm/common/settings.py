@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlparse
 
 from airflow_provider_crm.common.connection_form import extra_value
 from airflow_provider_crm.common.errors import CrmConfigError
+
+
+def connection_extras(conn_id: str, conn: Any) -> dict[str, Any]:
+    """A connection's extras as a dict; extras that are not a JSON object fail the task at once.
+
+    Airflow's ``extra_dejson`` logs an error and answers ``{}`` for extras that are not JSON, and the
+    hook would then run on defaults (file store, Lite plan, ...). The message names the connection, the
+    field and where the JSON breaks, never the text (extras hold secrets).
+    """
+    raw = getattr(conn, "extra", None)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw)
+    except ValueError as err:
+        where = f": {err.msg} at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise CrmConfigError(conn_id, "extra", f"is not valid JSON{where}; fix it in the connection "
+                                               "(Admin > Connections, or the secrets backend)") from None
+    if not isinstance(value, dict):
+        raise CrmConfigError(conn_id, "extra", f"must be a JSON object of fields, got a JSON {type(value).__name__}")
+    return value
 
 
 class ConnectionReader:
@@ -21,6 +45,11 @@ class ConnectionReader:
         self.conn_id = conn_id
         self.conn_type = conn_type
         self.extras = extras or {}
+
+    @classmethod
+    def for_connection(cls, conn_id: str, conn_type: str, conn: Any) -> ConnectionReader:
+        """A reader of ``conn``'s extras (see :func:`connection_extras`)."""
+        return cls(conn_id, conn_type, connection_extras(conn_id, conn))
 
     def text(self, name: str) -> str | None:
         value = extra_value(self.extras, self.conn_type, name)

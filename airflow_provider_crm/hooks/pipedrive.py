@@ -15,7 +15,7 @@ import httpx
 import requests
 from airflow.sdk import BaseHook
 
-from airflow_provider_crm.common import connection_form, jsoncodec
+from airflow_provider_crm.common import connection_form, http, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
     CrmAuthError,
@@ -29,7 +29,6 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
-from airflow_provider_crm.common.http import pooled_session
 from airflow_provider_crm.common.ratelimit import (
     PIPEDRIVE_BURST,
     PIPEDRIVE_PLAN_ALIASES,
@@ -39,7 +38,7 @@ from airflow_provider_crm.common.ratelimit import (
     pipedrive_token_cost,
 )
 from airflow_provider_crm.common.readahead import read_ahead
-from airflow_provider_crm.common.retry import call_with_retries
+from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
 from airflow_provider_crm.get_provider_info import PIPEDRIVE_CONN_FIELDS, PIPEDRIVE_UI_FIELD_BEHAVIOUR
 
@@ -162,19 +161,24 @@ def entity_info(name: str) -> Entity:
     return ENTITIES[name]
 
 
-def pipedrive_error(status: int, body: Any, what: str) -> CrmApiError:
-    """The typed exception for an error answer; keeps ``error`` and ``error_info``."""
+def pipedrive_error(status: int, body: Any, what: str, not_json: str | None = None) -> CrmApiError:
+    """The typed exception for an error answer; keeps ``error`` and ``error_info``.
+
+    :param not_json: what the body was instead of JSON (see :func:`http.not_json`), if it was not JSON.
+    """
     body = body if isinstance(body, dict) else {}
     message = str(body.get("error") or f"HTTP {status}")
     if body.get("error_info"):
         message += f" ({body['error_info']})"
+    if not_json:
+        message += f"; {not_json}"
     message = f"{what}: {message}"
     code = body.get("code") or body.get("errorCode")
     code = str(code) if code is not None else None
     kwargs: dict[str, Any] = {"service": "pipedrive", "status": status, "code": code}
     if status == 429:
         return CrmRateLimitError(message, **kwargs)
-    if status >= 500:
+    if status >= 500 or status < 400:  # < 400: an answer that is no envelope (an HTML page, cut-short JSON)
         return CrmTransientApiError(message, **kwargs)
     if status == 401:
         return CrmAuthError(message, **kwargs)
@@ -187,6 +191,19 @@ def pipedrive_error(status: int, body: Any, what: str) -> CrmApiError:
     if status in (400, 422):
         return CrmValidationError(message, **kwargs)
     return CrmPermanentApiError(message, **kwargs)
+
+
+def _envelope(status: int, content: bytes, content_type: str | None, what: str) -> dict[str, Any]:
+    """The decoded envelope of a successful answer, else the typed error (with the answer's real
+    status: an HTML page answered with HTTP 200 is reported as such, not as a 502)."""
+    try:
+        body = jsoncodec.loads(content)
+    except ValueError:
+        body = None
+    if status >= 400 or not isinstance(body, dict) or body.get("success") is False:
+        not_json = http.not_json(content, content_type) if not isinstance(body, dict) else None
+        raise pipedrive_error(status, body, what, not_json)
+    return body
 
 
 class FieldMap:
@@ -343,7 +360,7 @@ class PipedriveHook(BaseHook):
         return self.read_settings(self.get_connection(self.pipedrive_conn_id))
 
     def read_settings(self, conn: Any) -> dict[str, Any]:
-        reader = ConnectionReader(self.pipedrive_conn_id, "pipedrive", conn.extra_dejson)
+        reader = ConnectionReader.for_connection(self.pipedrive_conn_id, "pipedrive", conn)
         token = (conn.password or "").strip() or None
         oauth = {name: reader.text(name) for name in ("client_id", "client_secret", "refresh_token")}
         if any(oauth.values()) and not all(oauth.values()):
@@ -379,7 +396,7 @@ class PipedriveHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        session = pooled_session()
+        session = http.pooled_session()
         session.headers.update({"Accept": "application/json"})
         return session
 
@@ -390,6 +407,7 @@ class PipedriveHook(BaseHook):
         return build_limiter(
             "pipedrive", key, plan=s["plan"], auth_type=s["auth_type"], seats=s["seats"], store=s["rate_limit_store"],
             overrides={"requests_per_2s": s["requests_per_2s"], "daily_token_budget": s["daily_token_budget"]},
+            conn_id=self.pipedrive_conn_id,
         )
 
     def get_conn(self) -> requests.Session:
@@ -438,8 +456,8 @@ class PipedriveHook(BaseHook):
                     s["oauth_token_url"], data={"grant_type": "refresh_token", "refresh_token": refresh},
                     auth=(s["client_id"], s["client_secret"]), timeout=self.timeout,
                 )
-            except requests.RequestException as err:
-                raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
+            except http.TRANSPORT_ERRORS as err:
+                raise CrmTransientApiError(f"OAuth endpoint: {http.failure_text(err)}",
                                            service="pipedrive") from None
             if resp.status_code in (400, 401) and refresh != s["refresh_token"]:
                 continue  # a stale stored token: fall back to an older source
@@ -460,7 +478,15 @@ class PipedriveHook(BaseHook):
                 "store it; otherwise re-authorise the app to get a new one)",
                 service="pipedrive", status=resp.status_code,
             )
-        body = resp.json()
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not body.get("access_token"):
+            raise CrmTransientApiError(
+                "OAuth endpoint: " + (http.not_json(resp.content, resp.headers.get("content-type"))
+                                      if body is None else "the answer holds no access_token"),
+                service="pipedrive", status=resp.status_code)
         self._access_token = str(body["access_token"])
         _mask(self._access_token)
         self._access_expires = time.time() + float(body.get("expires_in") or 3600)
@@ -517,34 +543,23 @@ class PipedriveHook(BaseHook):
         for attempt in (1, 2):
             # auth first: an OAuth refresh may move the base URL to the answer's api_domain
             headers = self._auth_headers(force_refresh=attempt == 2)
-            try:
-                resp = self.session.request(method, self._url(version, path), params=params, json=json_body,
-                                            headers=headers, timeout=self.timeout)
-            except requests.Timeout:
-                raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
-            except requests.ConnectionError as err:
-                raise CrmTransientApiError(f"{what}: connection failed ({type(err).__name__})",
-                                           service="pipedrive") from None
+            resp = http.send(self.session, method, self._url(version, path), what=what, service="pipedrive",
+                             timeout=self.timeout, params=params, json=json_body, headers=headers)
             self.limiter.after_response(resp.status_code, resp.headers, kind=kind)
             if resp.status_code == 401 and attempt == 1 and self.settings["auth_type"] == "oauth":
+                resp.close()
                 continue
             break
         assert resp is not None
+        content = http.read_body(resp, what=what, service="pipedrive")
         if lazy and resp.status_code < 400:
             try:
-                envelope = jsoncodec.loads_envelope(resp.content)
+                envelope = jsoncodec.loads_envelope(content)
             except ValueError:
                 envelope = None
             if envelope is not None and envelope.success is not False:
                 return envelope
-        try:
-            body = jsoncodec.loads(resp.content)
-        except ValueError:
-            body = None
-        if resp.status_code >= 400 or not isinstance(body, dict) or body.get("success") is False:
-            status = resp.status_code if resp.status_code >= 400 else 502
-            raise pipedrive_error(status, body, what)
-        return body
+        return _envelope(resp.status_code, content, resp.headers.get("content-type"), what)
 
     def request(self, method: str, version: str, path: str, *, params: dict[str, Any] | None = None,
                 json: Any = None, kind: str | None = None) -> dict[str, Any]:
@@ -849,8 +864,8 @@ class PipedriveAsyncHook(PipedriveHook):
                     resp = await client.post(s["oauth_token_url"],
                                              data={"grant_type": "refresh_token", "refresh_token": refresh},
                                              auth=(s["client_id"], s["client_secret"]))
-                except httpx.TransportError as err:
-                    raise CrmTransientApiError(f"OAuth endpoint unreachable ({type(err).__name__})",
+                except httpx.HTTPError as err:
+                    raise CrmTransientApiError(f"OAuth endpoint: {http.failure_text(err)}",
                                                service="pipedrive") from None
                 if resp.status_code in (400, 401) and refresh != s["refresh_token"]:
                     continue
@@ -859,6 +874,12 @@ class PipedriveAsyncHook(PipedriveHook):
         return {"Authorization": f"Bearer {self._access_token}"}
 
     async def aget(self, entity: str, record_id: Any) -> dict[str, Any]:
+        """One record, retried in place on transient failures (as the sync hook's reads are)."""
+        await self._asettings()
+        return await acall_with_retries(lambda: self._aget_once(entity, record_id), idempotent=True,
+                                        description=f"GET {entity}/{record_id}", stats=self.limiter.stats)
+
+    async def _aget_once(self, entity: str, record_id: Any) -> dict[str, Any]:
         info = entity_info(entity)
         s = await self._asettings()
         path = f"{info.path}/{record_id}"
@@ -867,21 +888,10 @@ class PipedriveAsyncHook(PipedriveHook):
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = await self._aauth_headers(client, force_refresh=attempt == 2)
-                try:
-                    resp = await client.get(f"{s['base_url']}/api/{info.version}{path}", headers=headers)
-                except httpx.TimeoutException:
-                    raise CrmTransientApiError(f"{what}: timed out", service="pipedrive") from None
-                except httpx.TransportError as err:
-                    raise CrmTransientApiError(f"{what}: connection failed ({type(err).__name__})",
-                                               service="pipedrive") from None
+                resp = await http.asend(client, "GET", f"{s['base_url']}/api/{info.version}{path}", what=what,
+                                        service="pipedrive", headers=headers)
                 await asyncio.to_thread(self.limiter.after_response, resp.status_code, resp.headers)
                 if resp.status_code == 401 and attempt == 1 and s["auth_type"] == "oauth":
                     continue
                 break
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if resp.status_code >= 400 or not isinstance(body, dict) or body.get("success") is False:
-            raise pipedrive_error(resp.status_code if resp.status_code >= 400 else 502, body, what)
-        return body["data"]
+        return _envelope(resp.status_code, resp.content, resp.headers.get("content-type"), what)["data"]

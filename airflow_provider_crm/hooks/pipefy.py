@@ -17,7 +17,7 @@ import requests
 from airflow.sdk import BaseHook
 from graphql import DocumentNode, parse, print_ast
 
-from airflow_provider_crm.common import connection_form, jsoncodec
+from airflow_provider_crm.common import connection_form, http, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
     CrmAuthError,
@@ -33,10 +33,9 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
-from airflow_provider_crm.common.http import pooled_session
 from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimiter, build_limiter
 from airflow_provider_crm.common.readahead import read_ahead
-from airflow_provider_crm.common.retry import call_with_retries
+from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
 from airflow_provider_crm.get_provider_info import PIPEFY_CONN_FIELDS, PIPEFY_UI_FIELD_BEHAVIOUR
 
@@ -420,7 +419,7 @@ class PipefyHook(BaseHook):
         return self.read_settings(self.get_connection(self.pipefy_conn_id))
 
     def read_settings(self, conn: Any) -> dict[str, Any]:
-        reader = ConnectionReader(self.pipefy_conn_id, "pipefy", conn.extra_dejson)
+        reader = ConnectionReader.for_connection(self.pipefy_conn_id, "pipefy", conn)
         client_id = reader.text("client_id")
         client_secret = reader.text("client_secret")
         token = (conn.password or "").strip() or None
@@ -451,7 +450,7 @@ class PipefyHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        return pooled_session()
+        return http.pooled_session()
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -461,6 +460,7 @@ class PipefyHook(BaseHook):
         return build_limiter(
             "pipefy", key, plan=s["plan"], store=s["rate_limit_store"],
             overrides={"requests_per_30s": s["requests_per_30s"], "monthly_quota": s["monthly_quota"]},
+            conn_id=self.pipefy_conn_id,
         )
 
     def get_conn(self) -> requests.Session:
@@ -502,8 +502,8 @@ class PipefyHook(BaseHook):
                       "client_secret": s["client_secret"]},
                 timeout=self.timeout,
             )
-        except requests.RequestException as err:
-            raise CrmTransientApiError(f"token endpoint unreachable ({type(err).__name__})", service="pipefy") from None
+        except http.TRANSPORT_ERRORS as err:
+            raise CrmTransientApiError(f"token endpoint: {http.failure_text(err)}", service="pipefy") from None
         if resp.status_code >= 500:
             raise CrmTransientApiError("token endpoint error", service="pipefy", status=resp.status_code)
         if resp.status_code != 200:
@@ -511,36 +511,34 @@ class PipefyHook(BaseHook):
                 f"service account token refused for connection {self.pipefy_conn_id!r} (check client_id and "
                 "client_secret)", service="pipefy", status=resp.status_code,
             )
-        body = resp.json()
+        body = _token_body(resp)
         return body["access_token"], time.time() + float(body.get("expires_in") or 3600)
 
     # -- requests ----------------------------------------------------------------------------------
     def _post_once(self, document: DocumentNode, variables: dict[str, Any], kind: str) -> dict[str, Any]:
         self.limiter.before_request(kind=kind)
         body = {"query": query_text(document), "variables": variables}
+        what = "POST graphql"
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._bearer(force_refresh=attempt == 2)}"}
-            try:
-                resp = self.session.post(self.settings["api_url"], json=body, headers=headers, timeout=self.timeout)
-            except requests.Timeout:
-                raise CrmTransientApiError("request timed out", service="pipefy") from None
-            except requests.ConnectionError as err:
-                raise CrmTransientApiError(f"connection failed ({type(err).__name__})", service="pipefy") from None
+            resp = http.send(self.session, "POST", self.settings["api_url"], what=what, service="pipefy",
+                             timeout=self.timeout, json=body, headers=headers)
             self.limiter.after_response(resp.status_code, resp.headers, kind=kind)
             if resp.status_code == 401 and attempt == 1 and self.settings["client_id"]:
+                resp.close()
                 continue  # the service-account token may have expired early: refresh once
             break
+        content = http.read_body(resp, what=what, service="pipefy")
         try:
-            return self._parse(resp)
+            return self._parse(resp.status_code, content, resp.headers.get("content-type"))
         except CrmRateLimitError:
             if resp.status_code != 429:  # a rate-limit error inside a 200: wait out the block all the same
                 self.limiter.after_response(429, resp.headers, kind=kind)
             raise
 
-    def _parse(self, resp: requests.Response) -> dict[str, Any]:
-        status = resp.status_code
+    def _parse(self, status: int, content: bytes, content_type: str | None) -> dict[str, Any]:
         try:
-            payload = jsoncodec.loads(resp.content)
+            payload = jsoncodec.loads(content)
         except ValueError:
             payload = None
         if status == 429:
@@ -552,7 +550,9 @@ class PipefyHook(BaseHook):
         if status >= 500:
             raise CrmTransientApiError(f"server error {status}", service="pipefy", status=status)
         if not isinstance(payload, dict):
-            raise CrmTransientApiError(f"answer is not JSON (HTTP {status})", service="pipefy", status=status)
+            # an HTML page (a proxy's or a maintenance page) or JSON cut short: the real status, retryable
+            raise CrmTransientApiError(f"{http.not_json(content, content_type)} (HTTP {status})", service="pipefy",
+                                       status=status)
         if payload.get("errors"):
             raise pipefy_error(payload["errors"], payload.get("data"), status)
         if status >= 400:
@@ -871,6 +871,19 @@ class PipefyHook(BaseHook):
         return bool((data.get("deleteTableRecord") or {}).get("success"))
 
 
+def _token_body(resp: Any) -> dict[str, Any]:
+    """A token endpoint's JSON answer; a page that is not JSON is a retryable error with its real status."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not body.get("access_token"):
+        problem = "the answer holds no access_token" if isinstance(body, dict) else http.not_json(
+            resp.content, resp.headers.get("content-type"))
+        raise CrmTransientApiError(f"token endpoint: {problem}", service="pipefy", status=resp.status_code)
+    return body
+
+
 def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
@@ -929,37 +942,38 @@ class PipefyAsyncHook(PipefyHook):
                 resp = await client.post(s["oauth_token_url"], data={
                     "grant_type": "client_credentials", "client_id": s["client_id"],
                     "client_secret": s["client_secret"]})
-            except httpx.TransportError as err:
-                raise CrmTransientApiError(f"token endpoint unreachable ({type(err).__name__})",
-                                           service="pipefy") from None
+            except httpx.HTTPError as err:
+                raise CrmTransientApiError(f"token endpoint: {http.failure_text(err)}", service="pipefy") from None
             if resp.status_code >= 500:
                 raise CrmTransientApiError("token endpoint error", service="pipefy", status=resp.status_code)
             if resp.status_code != 200:
                 raise CrmAuthError(f"service account token refused for connection {self.pipefy_conn_id!r}",
                                    service="pipefy", status=resp.status_code)
-            body = resp.json()
+            body = _token_body(resp)
             self._token, self._token_expires = body["access_token"], time.time() + float(body.get("expires_in") or 3600)
         return str(self._token)
 
     async def aexecute(self, document: DocumentNode, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run a (read) document, retried in place on transient failures as the sync hook's reads are."""
+        await self._asettings()
+        return await acall_with_retries(lambda: self._aexecute_once(document, variables), idempotent=True,
+                                        description="pipefy request", stats=self.limiter.stats)
+
+    async def _aexecute_once(self, document: DocumentNode, variables: dict[str, Any] | None) -> dict[str, Any]:
         s = await self._asettings()
         await self.limiter.before_request_async(kind="read")
         body = {"query": query_text(document), "variables": variables or {}}
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = {"Authorization": f"Bearer {await self._abearer(client, force_refresh=attempt == 2)}"}
-                try:
-                    resp = await client.post(s["api_url"], json=body, headers=headers)
-                except httpx.TimeoutException:
-                    raise CrmTransientApiError("request timed out", service="pipefy") from None
-                except httpx.TransportError as err:
-                    raise CrmTransientApiError(f"connection failed ({type(err).__name__})", service="pipefy") from None
+                resp = await http.asend(client, "POST", s["api_url"], what="POST graphql", service="pipefy",
+                                        json=body, headers=headers)
                 await asyncio.to_thread(self.limiter.after_response, resp.status_code, resp.headers)
                 if resp.status_code == 401 and attempt == 1 and s["client_id"]:
                     continue
                 break
         try:
-            return self._parse(resp)  # type: ignore[arg-type]
+            return self._parse(resp.status_code, resp.content, resp.headers.get("content-type"))
         except CrmRateLimitError:
             if resp.status_code != 429:
                 await asyncio.to_thread(self.limiter.after_response, 429, resp.headers)

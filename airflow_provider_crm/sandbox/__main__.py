@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None
     p.add_argument("--error-rate", type=float, default=d.error_rate, help="fraction answered 500")
     p.add_argument("--lost-answer-rate", type=float, default=d.lost_answer_rate,
                    help="fraction done but answered 502")
+    p.add_argument("--truncate-rate", type=float, default=d.truncate_rate,
+                   help="fraction done but answered with a body cut short (connection closed mid-body)")
     p.add_argument("--prerender", action="store_true",
                    help="render the large record lists' JSON at start (benchmarks; costs memory)")
     p.add_argument("--snapshot", default=None, help="file to load at start and save at exit")
@@ -63,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None
         pipefy_requests_per_window=a.pipefy_requests_per_window,
         pipefy_window_seconds=a.pipefy_window_seconds, pipefy_block_seconds=a.pipefy_block_seconds,
         latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, error_rate=a.error_rate,
-        lost_answer_rate=a.lost_answer_rate, snapshot=a.snapshot, prerender=a.prerender,
+        lost_answer_rate=a.lost_answer_rate, truncate_rate=a.truncate_rate, snapshot=a.snapshot, prerender=a.prerender,
     ), a.info_file
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -66,11 +67,47 @@ class LatencyAndFaults:
 
             await self.app(scope, receive, swallow)
             await _error(502, service)(scope, receive, send)
+        elif fault.mode == "truncate":
+            await _truncated(self.app, scope, receive, send)
         elif fault.mode == "429":
             self.state.counters.count_429(service)
             await _error(429, service)(scope, receive, send)
         else:
             await _error(fault.status, service)(scope, receive, send)
+
+
+class TruncatedOnPurpose(Exception):
+    """Raised by the ``truncate`` fault after half of a body: uvicorn then closes the connection."""
+
+
+class _QuietTruncation(logging.Filter):
+    """Keeps uvicorn's "Exception in ASGI application" traceback of a planned truncation out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TruncatedOnPurpose))
+
+
+async def _truncated(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Do the work, then send the status, the headers with the full ``Content-Length`` and half of the
+    body, and drop the connection: the client sees a body cut short (``IncompleteRead`` in urllib3,
+    ``ChunkedEncodingError`` in requests, ``RemoteProtocolError`` in httpx)."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def capture(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, capture)
+    body = b"".join(chunks)
+    declared = max(len(body), 1)
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(declared).encode()))
+    await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    raise TruncatedOnPurpose("the truncate fault cut this answer short")
 
 
 def _held_until(deadline: float, send: Send) -> Send:
@@ -185,6 +222,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     app = Starlette(routes=routes)
 
     app.state.sandbox = state
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietTruncation) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_QuietTruncation())
     return LatencyAndFaults(app, state)  # type: ignore[return-value]
 
 

@@ -57,6 +57,7 @@ class SandboxConfig:
     # random faults, as fractions of API requests
     error_rate: float = 0.0  # 500 before doing anything
     lost_answer_rate: float = 0.0  # do the work, then answer 502 (the answer is lost)
+    truncate_rate: float = 0.0  # do the work, then cut the answer's body short and close the connection
     snapshot: str | None = None
 
 
@@ -115,7 +116,9 @@ class ScheduledFault:
     """A fault for the next ``count`` requests whose path contains ``path_contains``.
 
     mode: ``error`` answers ``status`` without doing the work; ``lost`` does the work then answers
-    502; ``slow`` waits ``delay`` seconds then answers normally; ``429`` answers a rate-limit error.
+    502; ``slow`` waits ``delay`` seconds then answers normally; ``429`` answers a rate-limit error;
+    ``truncate`` does the work, sends the answer's status and headers (its full ``Content-Length``) and
+    half of its body, then closes the connection (a body cut short in transit).
     """
 
     service: str
@@ -204,6 +207,9 @@ class SandboxState:
             if roll < self.config.error_rate + self.config.lost_answer_rate:
                 self.counters.faults[f"{service} lost"] += 1
                 return ScheduledFault(service=service, mode="lost", status=502)
+            if roll < self.config.error_rate + self.config.lost_answer_rate + self.config.truncate_rate:
+                self.counters.faults[f"{service} truncate"] += 1
+                return ScheduledFault(service=service, mode="truncate")
         return None
 
     def latency(self) -> float:

@@ -65,7 +65,7 @@ def test_other_errors_are_never_retried(error):
 
 
 def test_retries_give_up_after_the_attempt_limit():
-    error = CrmTransientApiError("down", service="x", status=503)
+    error = CrmTransientApiError("down", service="x", status=500)
     fn, calls = flaky([error] * 10)
     with pytest.raises(CrmTransientApiError):
         call_with_retries(fn, idempotent=True, description="read", attempts=3, **FAST)
@@ -103,3 +103,34 @@ def test_create_that_did_not_land_is_retried_after_the_lookup():
 
     assert call_with_retries(fn, idempotent=False, lookup=lookup, description="create", **FAST) == {"id": 8}
     assert len(calls) == 2 and len(lookups) == 1
+
+
+@pytest.mark.parametrize("error", [CrmRateLimitError("slow down", service="x", status=429),
+                                   CrmTransientApiError("unavailable", service="x", status=503)])
+def test_a_create_refused_before_it_ran_is_retried_even_without_a_lookup(error):
+    """429 and 503 mean nothing was done: repeating the create cannot duplicate it (issue 15, items 3 and 9)."""
+    fn, calls = flaky([error, error], result={"id": 9})
+    assert call_with_retries(fn, idempotent=False, description="create", **FAST) == {"id": 9}
+    assert len(calls) == 3
+
+
+def test_no_lookup_after_a_429():
+    lookups = []
+    fn, calls = flaky([CrmRateLimitError("slow down", service="x", status=429)], result={"id": 10})
+
+    def lookup():
+        lookups.append(1)
+        return None
+
+    assert call_with_retries(fn, idempotent=False, lookup=lookup, description="create", **FAST) == {"id": 10}
+    assert len(calls) == 2 and lookups == []
+
+
+def test_refusals_do_not_use_up_the_attempts_but_the_wait_budget():
+    fn, calls = flaky([CrmRateLimitError("slow down", service="x", status=429)] * 8)
+    assert call_with_retries(fn, idempotent=True, description="read", attempts=3, max_wait=60, **FAST) == "ok"
+    assert len(calls) == 9
+    fn, calls = flaky([CrmRateLimitError("slow down", service="x", status=429)] * 1000)
+    with pytest.raises(CrmWaitTooLongError):
+        call_with_retries(fn, idempotent=True, description="read", max_wait=0.05, backoff_initial=0.01,
+                          backoff_max=0.02)
