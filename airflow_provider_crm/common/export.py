@@ -215,7 +215,7 @@ def open_export_writer(
             tmp.unlink(missing_ok=True)
             raise
     tmp.replace(target) if target.protocol in ("", "file", "local") else tmp.move(str(target))
-    log.info("Wrote %d records to %s", writer.count, target)
+    log.debug("Wrote %d records to %s", writer.count, target)
 
 
 # How long a thread may hold the interpreter while another waits for it (CPython's default: 5 ms).

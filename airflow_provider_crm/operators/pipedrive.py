@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
@@ -329,6 +330,11 @@ class PipedriveExportOperator(_PipedriveOperator):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
+        limiter = self.hook.limiter
+        self.log.info("Exporting %s%s%s to %s (%s), %d slice(s); rate limit: %s", self.entity,
+                      " with deleted" if self.include_deleted else "", " and archived" if self.include_archived else "",
+                      self.path, self.fmt, max(1, self.slices), describe_limits(limiter))
+        progress = Progress(self.log, self.entity, stats=limiter.stats)
         counts = {"records": 0, "deleted": 0, "archived": 0}
         self._slicing: dict[str, int] = {}
         # the field definitions load while the first pages are on their way, not before them
@@ -358,15 +364,17 @@ class PipedriveExportOperator(_PipedriveOperator):
                     record["_archived"] = True
                     counts["archived"] += 1
                 writer.write(record)
-                if writer.count % 5000 == 0:
-                    self.log.info("%d %s written", writer.count, self.entity)
+                progress.add()
         counts["records"] = writer.count
+        progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         if self._slicing.get("splits"):
             self.log.info("Slices rebalanced %d times while running", self._slicing["splits"])
         emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path),
                                                  "range": window.as_dict()})
-        return self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
+        summary = self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
+        self.log.info("Summary:\n%s", summary_table(summary))
+        return summary
 
     def _filters(self, start: datetime | None, end: datetime | None, status: str | None = None) -> dict[str, Any]:
         info = entity_info(self.entity)

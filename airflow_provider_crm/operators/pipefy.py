@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.common.watermark import commit_export, plan_export, whole_second
@@ -427,20 +428,25 @@ class PipefyExportCardsOperator(_PipefyOperator):
         else:
             estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE))
         hook.limiter.check_quota(estimated_calls)
-        self.log.info("Exporting pipe %s (%s) %s: at most %d cards in %d calls", pipe["name"], self.pipe_id,
-                      f"updated in {window.describe()}", cards_total, estimated_calls)
+        self.log.info("Exporting pipe %s (%s) cards updated in %s to %s: at most %d cards in %d calls; rate "
+                      "limit: %s", pipe["name"], self.pipe_id, window.describe(), self.path, cards_total,
+                      estimated_calls, describe_limits(hook.limiter))
         columns = self._columns(pipe) if self.fmt == "csv" else None
+        # a whole-pipe read knows its total; an incremental one reads only the changed cards
+        progress = Progress(self.log, "cards", total=cards_total if start is None else None, stats=hook.limiter.stats)
         with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
             for card in self._cards(phase_list, start, end) if not window.empty else ():
                 writer.write(card_row(card))
-                if writer.count % 1000 == 0:
-                    self.log.info("%d cards written", writer.count)
+                progress.add()
+        progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
         emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
                                                  "range": window.as_dict()})
-        return self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
-                            range=window.as_dict())
+        summary = self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
+                               range=window.as_dict())
+        self.log.info("Summary:\n%s", summary_table(summary))
+        return summary
 
     def _cards(self, phases: list[dict[str, Any]] | None, start: datetime | None,
                end: datetime | None) -> Iterator[dict[str, Any]]:
@@ -540,8 +546,10 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
         total = table.get("table_records_count") or 0
         estimated_calls = max(1, math.ceil(total / PAGE_SIZE))
         hook.limiter.check_quota(estimated_calls)
-        self.log.info("Exporting table %s (%s) records updated in %s: %d records to read in about %d calls",
-                      table.get("name"), self.table_id, window.describe(), total, estimated_calls)
+        self.log.info("Exporting table %s (%s) records updated in %s to %s: %d records to read in about %d calls; "
+                      "rate limit: %s", table.get("name"), self.table_id, window.describe(), self.path, total,
+                      estimated_calls, describe_limits(hook.limiter))
+        progress = Progress(self.log, "records read", total=total, stats=hook.limiter.stats)
         columns = None
         if self.fmt == "csv":
             columns = list(RECORD_COLUMNS)
@@ -550,14 +558,18 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
                 columns += [name for name in names if name not in columns]
         with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
             for record in hook.iter_table_records(self.table_id) if not window.empty else ():
+                progress.add()
                 if _updated_within(record, start, end):
                     writer.write(record_row(record))
+        progress.done(f"{writer.count:,} of them updated in the range, written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
         push_link(context, PipefyTableLink.xcom_key, hook.table_url(self.table_id))
         emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
                                                  "range": window.as_dict()})
-        return self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
-                            range=window.as_dict())
+        summary = self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
+                               range=window.as_dict())
+        self.log.info("Summary:\n%s", summary_table(summary))
+        return summary
 
 
 RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")

@@ -1,0 +1,93 @@
+"""Progress lines for long tasks, so a person watching the task log knows where it is and when it ends.
+
+A start line says what the task does; then, every ``every`` seconds, how many items so far, the rate,
+the time left (when the total is known) and the requests and rate-limit waits so far; an end line
+says how many in how long. Counting is cheap enough to call once per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Counts items and logs a progress line at most every ``every`` seconds.
+
+    :param log: the task's logger.
+    :param what: what is counted, plural (``deals``, ``rows``).
+    :param total: how many are expected, if known (an estimate is fine: the time left is approximate).
+    :param stats: the hook's limiter stats (``requests``, ``waits``, ``wait_seconds``), for the lines.
+    :param every: seconds between progress lines.
+    """
+
+    def __init__(self, log: logging.Logger | Any, what: str, total: int | None = None, stats: Any = None,
+                 every: float = 10.0) -> None:
+        self.log = log
+        self.what = what
+        self.total = total if total and total > 0 else None
+        self.stats = stats
+        self.every = every
+        self.count = 0
+        self.started = time.monotonic()
+        self._next = self.started + every
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now >= self._next:
+            with self._lock:
+                if now >= self._next:
+                    self._next = now + self.every
+                    self.log.info("Progress: %s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max(1e-6, (now or time.monotonic()) - self.started)
+        rate = self.count / elapsed
+        parts = [f"{self.count:,} {self.what}" + (f" of ~{self.total:,} ({min(100, 100 * self.count // self.total)}%)"
+                                                   if self.total else ""),
+                 f"{rate:,.0f}/s", f"elapsed {_duration(elapsed)}"]
+        if self.total and rate > 0:
+            parts.append(f"about {_duration(max(0, self.total - self.count) / rate)} left")
+        if self.stats is not None:
+            parts.append(f"{self.stats.requests:,} requests, {self.stats.waits} rate-limit waits "
+                         f"({self.stats.wait_seconds:.1f}s)")
+        return ", ".join(parts)
+
+    def done(self, where: str = "") -> None:
+        elapsed = time.monotonic() - self.started
+        self.log.info("Done: %s %s in %s (%s/s)%s", f"{self.count:,}", self.what, _duration(elapsed),
+                      f"{self.count / max(elapsed, 1e-6):,.0f}", f", {where}" if where else "")
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A task summary as short aligned lines for the log, instead of a dict's one-line repr."""
+    width = max((len(str(k)) for k in summary), default=0)
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value[:10])) + (f" ... ({len(value)} in all)" if len(value) > 10 else "")
+        lines.append(f"  {str(key).ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def describe_limits(limiter: Any) -> str:
+    """The limits a task runs under, for its start line: plan, windows, budgets, and where they are shared."""
+    windows = ", ".join(f"{w.limit} {'/'.join(sorted(w.kinds))} per {w.seconds:g}s" for w in limiter.windows)
+    budgets = ", ".join(f"{a.limit:,} {a.name} per {a.period}" for a in limiter.allowances if a.limit)
+    return (f"plan {limiter.plan}: {windows}" + (f"; {budgets}" if budgets else "")
+            + f"; shared through {limiter.store.description}")
