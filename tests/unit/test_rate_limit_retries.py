@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import threading
 import time
 
 import httpx
@@ -28,21 +30,30 @@ RESET = {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "0", "x-ratelimit-r
 
 
 class FakeClock:
+    """Simulated time for the test's own thread. Other threads (a sandbox server another test left
+    running, say) keep real sleeps: their ticks must neither advance this clock nor spin."""
+
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset = 0.0
-        real_time, real_monotonic, real_asleep = time.time, time.monotonic, asyncio.sleep
+        self.owner = threading.get_ident()
+        real_time, real_monotonic, real_sleep, real_asleep = time.time, time.monotonic, time.sleep, asyncio.sleep
         monkeypatch.setattr(time, "time", lambda: real_time() + self.offset)
         monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + self.offset)
-        monkeypatch.setattr(time, "sleep", self.sleep)
+
+        def sleep(seconds: float) -> None:
+            if threading.get_ident() == self.owner:
+                self.offset += max(0.0, seconds)
+            else:
+                real_sleep(seconds)
 
         async def asleep(seconds: float, result: object = None) -> object:
-            self.sleep(seconds)
+            if threading.get_ident() != self.owner:
+                return await real_asleep(seconds, result)
+            self.offset += max(0.0, seconds)
             return await real_asleep(0, result)
 
+        monkeypatch.setattr(time, "sleep", sleep)
         monkeypatch.setattr(asyncio, "sleep", asleep)
-
-    def sleep(self, seconds: float) -> None:
-        self.offset += max(0.0, seconds)
 
 
 @pytest.fixture
@@ -50,6 +61,7 @@ def clock(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PD", json.dumps({
         "conn_type": "pipedrive", "host": PD, "password": "tok-429", "extra": {"rate_limit_store": "memory"}}))
     monkeypatch.setattr(ratelimit, "_STORES", {})  # blocks of earlier tests were set on another clock
+    random.seed(1)  # the backoff's jitter, the same whatever ran before
     return FakeClock(monkeypatch)
 
 
