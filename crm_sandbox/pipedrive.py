@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from airflow_provider_crm.common.ratelimit import pipedrive_token_cost
-from airflow_provider_crm.sandbox.core import (
+from crm_sandbox.core import (
     DEFAULT_PIPEDRIVE_CLIENT,
     DEFAULT_PIPEDRIVE_REFRESH_TOKEN,
     DEFAULT_PIPEDRIVE_TOKEN,
@@ -52,7 +52,7 @@ from airflow_provider_crm.sandbox.core import (
     token_key,
     utc_text,
 )
-from airflow_provider_crm.sandbox.pipedrive_data import (
+from crm_sandbox.pipedrive_data import (
     ARCHIVED,
     DAY,
     DELETED,
