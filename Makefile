@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv lint test unit integration e2e demo bench sandbox clean
+.PHONY: venv lint test unit sandbox-tests integration e2e demo bench sandbox clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -29,6 +29,9 @@ test: lint
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+sandbox-tests: venv
+	$(VENV)/bin/pytest tests/sandbox $(PYTEST_ARGS)
 
 integration: venv
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
