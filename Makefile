@@ -8,20 +8,20 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv lint test unit integration e2e demo bench sandbox clean
+.PHONY: venv lint test unit sandbox-tests integration e2e demo bench sandbox clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,redis]"
+	$(PY) -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,redis,sandbox]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check airflow_provider_crm tests dags benchmarks scripts
+	$(VENV)/bin/ruff check airflow_provider_crm crm_sandbox tests dags benchmarks scripts
 	$(VENV)/bin/mypy
 
 test: lint
@@ -29,6 +29,9 @@ test: lint
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+sandbox-tests: venv
+	$(VENV)/bin/pytest tests/sandbox $(PYTEST_ARGS)
 
 integration: venv
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)

@@ -1,7 +1,11 @@
-"""Regenerate airflow_provider_crm/common/pipedrive_costs.json from Pipedrive's OpenAPI specs.
+"""Regenerate both readings of Pipedrive's endpoint costs from its published OpenAPI specs.
 
 Usage: python scripts/gen_pipedrive_costs.py [path/to/api-specs]
-Each operation's ``x-token-cost`` is its charge against the company's daily token budget.
+Each operation's ``x-token-cost`` is its charge against the company's daily token budget. Two files
+are written from the specs, one for each side of the wire, so that neither reads the other's table:
+
+- ``airflow_provider_crm/common/pipedrive_costs.json`` for the client (``[method, path, cost]`` rows);
+- ``crm_sandbox/pipedrive_costs.json`` for the emulator (``{"METHOD /path": cost}`` per version).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SPECS = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "api-specs"
 METHODS = {"get", "post", "put", "patch", "delete"}
+CLIENT_TARGET = REPO / "airflow_provider_crm" / "common" / "pipedrive_costs.json"
+SANDBOX_TARGET = REPO / "crm_sandbox" / "pipedrive_costs.json"
 
 
-def main() -> None:
+def read_costs() -> dict[str, list[tuple[str, str, int]]]:
     out: dict[str, list[tuple[str, str, int]]] = {}
     for version in ("v1", "v2"):
         spec = yaml.safe_load((SPECS / f"pipedrive-{version}-openapi.yaml").read_text())
@@ -27,9 +33,17 @@ def main() -> None:
                 if method in METHODS and isinstance(op, dict) and "x-token-cost" in op:
                     rows.append((method.upper(), path, int(op["x-token-cost"])))
         out[version] = sorted(rows)
-    target = REPO / "airflow_provider_crm" / "common" / "pipedrive_costs.json"
-    target.write_text(json.dumps(out, indent=0) + "\n")
-    print(f"wrote {target} ({sum(len(v) for v in out.values())} operations)")
+    return out
+
+
+def main() -> None:
+    costs = read_costs()
+    count = sum(len(v) for v in costs.values())
+    CLIENT_TARGET.write_text(json.dumps(costs, indent=0) + "\n")
+    print(f"wrote {CLIENT_TARGET} ({count} operations)")
+    sandbox = {version: {f"{m} {p}": c for m, p, c in rows} for version, rows in costs.items()}
+    SANDBOX_TARGET.write_text(json.dumps(sandbox, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {SANDBOX_TARGET} ({count} operations)")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ os.environ.setdefault("AIRFLOW__CRM__RATE_LIMIT_DIR", tempfile.mkdtemp(prefix="c
 
 import requests  # noqa: E402
 
-from airflow_provider_crm.sandbox.core import SandboxConfig  # noqa: E402
-from airflow_provider_crm.sandbox.server import SandboxServer  # noqa: E402
+from crm_sandbox.core import SandboxConfig  # noqa: E402
+from crm_sandbox.server import SandboxServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

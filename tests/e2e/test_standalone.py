@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_crm.sandbox.core import SandboxConfig
-from airflow_provider_crm.sandbox.server import SandboxServer
+from crm_sandbox.core import SandboxConfig
+from crm_sandbox.server import SandboxServer
 from tests.e2e.conftest import REPO, StandaloneAirflow, sandbox_connections
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

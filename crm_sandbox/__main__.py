@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from airflow_provider_crm.sandbox.core import SandboxConfig
+from crm_sandbox.core import SandboxConfig
 
 
 def _token_plans(values: list[str] | None, default: dict[str, str]) -> dict[str, str]:
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None
 
 def main(argv: list[str] | None = None) -> int:
     config, info_file = parse_args(argv)
-    from airflow_provider_crm.sandbox.server import SandboxServer
+    from crm_sandbox.server import SandboxServer
 
     started = time.monotonic()
     server = SandboxServer(config).start()

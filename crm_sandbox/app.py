@@ -21,9 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from airflow_provider_crm.sandbox.core import SandboxConfig, SandboxState, ScheduledFault
-from airflow_provider_crm.sandbox.pipedrive import PipedriveService
-from airflow_provider_crm.sandbox.pipefy import PipefyService
+from crm_sandbox.core import SandboxConfig, SandboxState, ScheduledFault
+from crm_sandbox.pipedrive import PipedriveService
+from crm_sandbox.pipefy import PipefyService
 
 SERVICES = {"pipefy": PipefyService, "pipedrive": PipedriveService}
 

@@ -1,6 +1,6 @@
 """In-memory data of the emulated Pipefy API: seed, indexes, field-value formats.
 
-Everything here is called with ``state.lock`` held by :mod:`airflow_provider_crm.sandbox.pipefy`.
+Everything here is called with ``state.lock`` held by :mod:`crm_sandbox.pipefy`.
 
 Cards are plain dicts (cheap to pickle for ``--snapshot``) indexed by phase and by pipe in sorted
 lists of integer ids, so that a page of a 20,000-card phase costs a bisect, not a scan.

@@ -202,24 +202,3 @@ def test_faults_error_and_lost_answer(sandbox):
     assert lost.status_code == 502
     notes = requests.get(f"{sandbox.url}/pipedrive/_state/notes", timeout=10).json()
     assert any(n["content"] == "lost note" for n in notes)  # the work was done, the answer lost
-
-
-def test_presigned_upload(connections, sandbox):
-    from airflow_provider_crm.hooks.pipefy import PipefyHook
-
-    path = PipefyHook().upload_attachment("org-1", "contract.pdf", b"%PDF-1.4 sandbox")
-    assert path.startswith("orgs/org-1/uploads/") and path.endswith("/contract.pdf")
-    assert requests.get(f"{sandbox.url}/pipefy/_uploads/{path}", timeout=10).content == b"%PDF-1.4 sandbox"
-
-
-def test_table_records_find_update_and_set_field(connections):
-    from airflow_provider_crm.hooks.pipefy import PipefyHook
-
-    hook = PipefyHook()
-    record = hook.create_table_record("401", fields={"Company": "Findable Ltd", "Tier": "Gold"})
-    found = hook.find_table_records("401", "company", "Findable Ltd")
-    assert [r["id"] for r in found] == [record["id"]]
-    hook.update_table_record(record["id"], table_id="401", fields={"Tier": "Silver"}, title="Findable")
-    after = next(r for r in hook.iter_table_records("401") if r["id"] == record["id"])
-    assert after["title"] == "Findable"
-    assert {f["field"]["id"]: f["value"] for f in after["record_fields"]}["tier"] == "Silver"

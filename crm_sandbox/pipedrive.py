@@ -41,8 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_provider_crm.common.ratelimit import pipedrive_token_cost
-from airflow_provider_crm.sandbox.core import (
+from crm_sandbox.core import (
     DEFAULT_PIPEDRIVE_CLIENT,
     DEFAULT_PIPEDRIVE_REFRESH_TOKEN,
     DEFAULT_PIPEDRIVE_TOKEN,
@@ -52,7 +51,8 @@ from airflow_provider_crm.sandbox.core import (
     token_key,
     utc_text,
 )
-from airflow_provider_crm.sandbox.pipedrive_data import (
+from crm_sandbox.pipedrive_costs import token_cost
+from crm_sandbox.pipedrive_data import (
     ARCHIVED,
     DAY,
     DELETED,
@@ -380,7 +380,7 @@ class PipedriveService:
             headers["x-daily-requests-left"] = str(max(0, DAILY_WRITES - self.daily.get(writes_key, 0)))
         if over:
             return headers, self._too_many()
-        cost = pipedrive_token_cost(method, path, version)
+        cost = token_cost(method, path, version)
         if spent + cost > budget:
             return headers, self._too_many()
         if counts_writes:

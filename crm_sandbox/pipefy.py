@@ -44,14 +44,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from airflow_provider_crm.sandbox.core import (
+from crm_sandbox.core import (
     DEFAULT_PIPEFY_CLIENT,
     FastJSONResponse,
     SandboxState,
     SlidingWindow,
     token_key,
 )
-from airflow_provider_crm.sandbox.pipefy_data import (
+from crm_sandbox.pipefy_data import (
     LIST_TYPES,
     REQUIRED_MESSAGE,
     SERVICE_ACCOUNT_USER,
@@ -69,7 +69,7 @@ UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 UPLOAD_URL_SECONDS = 15 * 60  # presigned links expire after 15 minutes
 
 SCHEMA = build_schema(
-    resources.files("airflow_provider_crm.sandbox").joinpath("pipefy_schema.graphql").read_text()
+    resources.files("crm_sandbox").joinpath("pipefy_schema.graphql").read_text()
 )
 SCHEMA.get_type("Node").resolve_type = lambda value, info, abstract: value.typename  # type: ignore[union-attr]
 
@@ -787,7 +787,7 @@ def _with_correlation(formatted: Any) -> dict[str, Any]:
 
 
 class PipefyService:
-    """The ``/pipefy`` routes over :class:`~airflow_provider_crm.sandbox.pipefy_data.PipefyData`.
+    """The ``/pipefy`` routes over :class:`~crm_sandbox.pipefy_data.PipefyData`.
 
     :param state: the shared sandbox state (config, clock, lock, counters, random).
     """

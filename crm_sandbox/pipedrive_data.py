@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from airflow_provider_crm.sandbox.core import SandboxState, utc_day, utc_text
+from crm_sandbox.core import SandboxState, utc_day, utc_text
 
 DAY = 86_400
 # flags

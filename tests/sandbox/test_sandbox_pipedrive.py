@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from airflow_provider_crm.sandbox.core import DEFAULT_PIPEDRIVE_CLIENT, DEFAULT_PIPEDRIVE_REFRESH_TOKEN
+from crm_sandbox.core import DEFAULT_PIPEDRIVE_CLIENT, DEFAULT_PIPEDRIVE_REFRESH_TOKEN
 
 pytestmark = pytest.mark.integration
 SPECS = Path(__file__).parents[2].parent / "shared" / "api-specs"

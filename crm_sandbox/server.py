@@ -9,8 +9,8 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_crm.sandbox.app import create_app, describe, save_snapshot
-from airflow_provider_crm.sandbox.core import SandboxConfig
+from crm_sandbox.app import create_app, describe, save_snapshot
+from crm_sandbox.core import SandboxConfig
 
 
 class SandboxServer:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_crm.sandbox.core import (
+from crm_sandbox.core import (
     DEFAULT_PIPEFY_CLIENT,
     DEFAULT_PIPEFY_TOKEN,
     SandboxConfig,
     token_key,
 )
-from airflow_provider_crm.sandbox.pipefy_data import PipefyData
+from crm_sandbox.pipefy_data import PipefyData
 
 CARD = """
 fragment C on Card {
