@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -140,6 +141,18 @@ class StandaloneAirflow:
                 return
             assert self.alive() and time.monotonic() < deadline, self.tail()
             time.sleep(3)
+
+    def wait_for_api(self, timeout: float = 180) -> None:
+        """Until the API server answers: tasks started before it listens fail at once (connection refused)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if requests.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert self.alive() and time.monotonic() < deadline, self.tail()
+            time.sleep(2)
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Read the metadata database (SQLite) directly: far quicker than a CLI call per poll."""
