@@ -38,6 +38,7 @@ from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimi
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
+from airflow_provider_crm.common.writes import create_safely
 from airflow_provider_crm.get_provider_info import PIPEFY_CONN_FIELDS, PIPEFY_UI_FIELD_BEHAVIOUR
 
 DEFAULT_API_URL = "https://api.pipefy.com/graphql"
@@ -729,8 +730,8 @@ class PipefyHook(BaseHook):
             return self._post_once(CREATE_CARD, {"input": card_input}, "write")["createCard"]["card"]
 
         try:
-            return call_with_retries(create, idempotent=False, lookup=lookup,
-                                     description=f"createCard in pipe {pipe_id}", stats=self.limiter.stats)
+            return create_safely(create, lookup=lookup, description=f"createCard in pipe {pipe_id}",
+                                 stats=self.limiter.stats)
         except CrmApiError as err:
             raise named_error(err, f"createCard in pipe {pipe_id}") from None
 
@@ -802,7 +803,9 @@ class PipefyHook(BaseHook):
         return bool((data.get("deleteCard") or {}).get("success"))
 
     def create_comment(self, card_id: str | int, text: str) -> dict[str, Any]:
-        data = self._post_once(CREATE_COMMENT, {"input": {"card_id": str(card_id), "text": text}}, "write")
+        data = create_safely(  # no way to look a comment up: sent again only when refused before it ran
+            lambda: self._post_once(CREATE_COMMENT, {"input": {"card_id": str(card_id), "text": text}}, "write"),
+            lookup=None, description=f"createComment on card {card_id}", stats=self.limiter.stats)
         return data["createComment"]["comment"]
 
     # -- tables ------------------------------------------------------------------------------------
@@ -846,8 +849,8 @@ class PipefyHook(BaseHook):
             return data["createTableRecord"]["table_record"]
 
         try:
-            return call_with_retries(create, idempotent=False, lookup=lookup,
-                                     description=f"createTableRecord in table {table_id}", stats=self.limiter.stats)
+            return create_safely(create, lookup=lookup, description=f"createTableRecord in table {table_id}",
+                                 stats=self.limiter.stats)
         except CrmApiError as err:
             raise named_error(err, f"createTableRecord in table {table_id}") from None
 
