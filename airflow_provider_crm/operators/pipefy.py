@@ -10,11 +10,13 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import data_interval, emit_asset_event, push_link
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.writes import create_once
 from airflow_provider_crm.hooks.pipefy import (
     PAGE_SIZE,
     PipefyHook,
@@ -340,8 +342,14 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         key_value = to_pipefy_value(key, row[key_column])
         found = self.hook.find_cards(self.pipe_id, key["id"], key_value)
         title = row.get(self.title_column) if self.title_column else None
-        if found:
-            card = found[0]
+        card: dict[str, Any] | None = found[0] if found else None
+        created: dict[str, Any] | None = None
+        if card is None:
+            # under the key's claim (shared by every process using this store), so two upserts of the
+            # same rows at once create each card once
+            card, made = self._create_once(key, key_value, title, values, key_column)
+            created = card if made else None
+        if created is None:
             current = {item["field"]["id"]: item for item in card.get("fields") or []}
             changed = {}
             for name, value in values.items():
@@ -358,8 +366,6 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
             card_id = card["id"]
             phase_now = card["current_phase"]["id"]
         else:
-            created = self.hook.create_card(self.pipe_id, title=title, fields=values,
-                                            key_field=self.field_map.get(key_column, key_column))
             card_id, outcome = created["id"], "created"
             phase_now = (created.get("current_phase") or {}).get("id")
             if phase_now is None and target is not None:
@@ -367,6 +373,35 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         if target is not None and str(phase_now) != str(target["id"]):
             self.hook.move_card(card_id, target["id"])
         return outcome, str(card_id)
+
+
+    def _create_once(self, key: dict[str, Any], key_value: Any, title: Any, values: dict[str, Any],
+                     key_column: str) -> tuple[dict[str, Any], bool]:
+        """The card whose key field holds ``key_value``: one another writer made meanwhile, else a new one."""
+        hook = self.hook
+
+        def holds_key(card: dict[str, Any]) -> bool:
+            return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
+                       for item in card.get("fields") or [])
+
+        def recorded(card_id: str) -> dict[str, Any] | None:
+            try:
+                card = hook.get_card(card_id)
+            except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
+                return None
+            return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(self.pipe_id) else None
+
+        def find(suspect: bool) -> dict[str, Any] | None:
+            found = hook.find_cards(self.pipe_id, key["id"], key_value)
+            return found[0] if found else None
+
+        def create() -> dict[str, Any]:
+            return hook.create_card(self.pipe_id, title=title, fields=values,
+                                    key_field=self.field_map.get(key_column, key_column))
+
+        name = claim_name("pipefy", hook.settings["api_url"], self.pipe_id, key["id"], key_value)
+        return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
+                           ident=lambda card: card["id"])
 
 
 class PipefyExportCardsOperator(_PipefyOperator):
