@@ -51,7 +51,9 @@ class PipedriveCreateOperator(_PipedriveOperator):
     :param entity: deals, persons, organizations, activities, products, leads or notes.
     :param data: the record.
     :param key_field: a field (standard or custom by name) whose value identifies the record: if one
-        exists it is returned instead of creating another, so an Airflow retry creates no duplicate.
+        exists it is returned instead of creating another, so an Airflow retry creates no duplicate
+        (checked under the key's claim, so an overlapping try cannot create it either). Without it a
+        create is sent again only when it was refused before it ran (429, 503).
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
@@ -168,6 +170,11 @@ def _key_value(value: Any) -> Any:
 
 class PipedriveUpsertOperator(_PipedriveOperator):
     """Create or update records from rows, keyed by a standard field or a custom field by name.
+
+    Keys are normalised once (emails trimmed and lower-cased, text trimmed). A new key is created under
+    a per-key claim in the connection's rate-limit store (file or Redis), so concurrent upserts of the
+    same keys, in any process or machine sharing that store, create each record once; a create whose
+    answer was lost is looked up by its key before it is sent again.
 
     :param entity: deals, persons, organizations, products, leads...
     :param rows: a list of dicts, an XCom (templated), or a JSON Lines / CSV file.
