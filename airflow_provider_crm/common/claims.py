@@ -73,7 +73,13 @@ class Claim:
     def refresh(self) -> None:
         """Restart the claim's expiry (Redis) before the write: a slow lookup must not let it lapse."""
         if self._lock is not None and hasattr(self._lock, "reacquire"):
-            self._lock.reacquire()
+            try:
+                self._lock.reacquire()
+            except Exception as err:  # LockNotOwnedError: it lapsed, another writer may hold it now
+                raise CrmClaimTimeoutError(
+                    f"the claim on this key lapsed before the create ({type(err).__name__}); not creating, "
+                    "the row is left for a retry (raise [crm] upsert_claim_seconds if lookups take that long)"
+                ) from None
 
 
 class KeyClaims(ABC):

@@ -102,8 +102,8 @@ def create_once(claims: KeyClaims, name: str, *, recorded: Callable[[str], R | N
             if mark != str(ident(found)):
                 claim.set_mark(str(ident(found)))
             return found, False
-        claim.set_mark(PENDING)
         claim.refresh()
+        claim.set_mark(PENDING)
         record = create()
         claim.set_mark(str(ident(record)))
         return record, True

@@ -392,6 +392,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
             return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(self.pipe_id) else None
 
         def find(suspect: bool) -> dict[str, Any] | None:
+            if not suspect:  # the row's findCards just found nothing, and no writer has marked the key since
+                return None
             found = hook.find_cards(self.pipe_id, key["id"], key_value)
             return found[0] if found else None
 
