@@ -70,22 +70,21 @@ class PipefyCreateCardOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        existing = None
+        def create() -> dict[str, Any]:
+            return self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
+                                         key_field=self.key_field)
+
         if self.key_field:
-            # an Airflow retry after a create that landed finds that card instead of making a second one
+            # an Airflow retry after a create that landed finds that card instead of making a second one,
+            # and under the key's claim a try overlapping this one (a zombie) cannot create it either
             key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
                                              f"pipe {self.pipe_id}")
-            found = self.hook.find_cards(self.pipe_id, key["id"], value)
-            existing = found[0] if found else None
-            if existing:
-                self.log.info("Card %s already has %s = %r: not creating another", existing["id"], key["label"],
-                              value)
-        if existing:
-            card, created = existing, False
+            card, created = create_card_once(self.hook, self.pipe_id, key, value, searched=False, create=create)
+            if not created:
+                self.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
         else:
-            card = self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
-                                         key_field=self.key_field)
-            created = True
+            card, created = create(), True
+        if created:
             self.log.info("Created card %s in pipe %s", card["id"], self.pipe_id)
         url = self.hook.card_url(card["id"])
         push_link(context, PipefyCardLink.xcom_key, url)
@@ -378,32 +377,41 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     def _create_once(self, key: dict[str, Any], key_value: Any, title: Any, values: dict[str, Any],
                      key_column: str) -> tuple[dict[str, Any], bool]:
         """The card whose key field holds ``key_value``: one another writer made meanwhile, else a new one."""
-        hook = self.hook
+        return create_card_once(
+            self.hook, self.pipe_id, key, key_value, searched=True,
+            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values,
+                                                 key_field=self.field_map.get(key_column, key_column)))
 
-        def holds_key(card: dict[str, Any]) -> bool:
-            return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
-                       for item in card.get("fields") or [])
 
-        def recorded(card_id: str) -> dict[str, Any] | None:
-            try:
-                card = hook.get_card(card_id)
-            except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
-                return None
-            return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(self.pipe_id) else None
+def create_card_once(hook: PipefyHook, pipe_id: str | int, key: dict[str, Any], key_value: Any, *,
+                     searched: bool, create: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The card of ``pipe_id`` whose ``key`` field holds ``key_value``, created at most once whoever else
+    writes the same key at the same time (under the key's claim, common/writes.py ``create_once``).
 
-        def find(suspect: bool) -> dict[str, Any] | None:
-            if not suspect:  # the row's findCards just found nothing, and no writer has marked the key since
-                return None
-            found = hook.find_cards(self.pipe_id, key["id"], key_value)
-            return found[0] if found else None
+    :param searched: the caller has just searched (findCards) and found nothing: search again only
+        when a claim mark says a create of this key may have landed since.
+    """
 
-        def create() -> dict[str, Any]:
-            return hook.create_card(self.pipe_id, title=title, fields=values,
-                                    key_field=self.field_map.get(key_column, key_column))
+    def holds_key(card: dict[str, Any]) -> bool:
+        return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
+                   for item in card.get("fields") or [])
 
-        name = claim_name("pipefy", hook.settings["api_url"], self.pipe_id, key["id"], key_value)
-        return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
-                           ident=lambda card: card["id"])
+    def recorded(card_id: str) -> dict[str, Any] | None:
+        try:
+            card = hook.get_card(card_id)
+        except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
+            return None
+        return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(pipe_id) else None
+
+    def find(suspect: bool) -> dict[str, Any] | None:
+        if searched and not suspect:  # nothing a moment ago, and no writer has marked the key since
+            return None
+        found = hook.find_cards(pipe_id, key["id"], key_value)
+        return found[0] if found else None
+
+    name = claim_name("pipefy", hook.settings["api_url"], pipe_id, key["id"], key_value)
+    return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
+                       ident=lambda card: card["id"])
 
 
 class PipefyExportCardsOperator(_PipefyOperator):

@@ -23,7 +23,11 @@ import requests
 
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.operators.pipedrive import PipedriveCreateOperator, PipedriveUpsertOperator
-from airflow_provider_crm.operators.pipefy import PipefyMoveCardOperator, PipefyUpsertCardsOperator
+from airflow_provider_crm.operators.pipefy import (
+    PipefyCreateCardOperator,
+    PipefyMoveCardOperator,
+    PipefyUpsertCardsOperator,
+)
 from tests.integration.test_ratelimit_processes import redis_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -205,6 +209,10 @@ def _upsert_worker(service: str, env: dict[str, str], kwargs: dict[str, Any], st
 
     if service == "pipedrive":
         op: Any = PipedriveUpsertOperator(task_id="u", **kwargs)
+    elif service == "pipefy-create":
+        op = PipefyCreateCardOperator(task_id="c", **kwargs)
+    elif service == "pipedrive-create":
+        op = PipedriveCreateOperator(task_id="c", **kwargs)
     else:
         op = PipefyUpsertCardsOperator(task_id="u", **kwargs)
     op.hook.limiter  # noqa: B018  (connection read and store opened before the start line)
@@ -212,7 +220,7 @@ def _upsert_worker(service: str, env: dict[str, str], kwargs: dict[str, Any], st
     try:
         summary = op.execute({"ti": FakeTI(), "data_interval_start": None, "data_interval_end": None,
                               "outlet_events": None})
-        results.put(("ok", {k: summary[k] for k in ("created", "updated", "unchanged", "failed")}))
+        results.put(("ok", {k: summary[k] for k in ("created", "updated", "unchanged", "failed") if k in summary}))
     except BaseException as err:  # reported to the test
         results.put(("error", repr(err)))
 
@@ -262,6 +270,21 @@ def test_two_pipefy_upserts_of_the_same_keys_at_once_create_each_once(sandbox, r
     assert _tally({k: len(v) for k, v in cards.items()}, [r["deal"] for r in rows]) == {"duplicates": 0, "lost": 0}
     assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
     assert sum(o[1]["created"] for o in outcomes) == 150
+
+
+def test_create_operators_with_a_key_overlapping_each_other_create_once(sandbox, tmp_path):
+    """An Airflow retry overlapping a zombie try of the same create: two at once, one record each."""
+    env = _conn_env(sandbox, f"file://{tmp_path / 'store'}")
+    card = _run_together("pipefy-create", env, {"pipe_id": "301", "key_field": "Pipedrive deal id",
+                                                "fields": {"Customer name": "Zombie", "Pipedrive deal id": "Z-1"}},
+                         processes=2)
+    person = _run_together("pipedrive-create", env, {"entity": "persons", "key_field": "email",
+                                                     "data": {"name": "Zombie", "emails": [{"value": "z1@example.com"}]}},
+                           processes=2)
+    assert [o[0] for o in card + person] == ["ok"] * 4, card + person
+    assert sum(o[1]["created"] for o in card) == 1 and sum(o[1]["created"] for o in person) == 1
+    assert {k: len(v) for k, v in _card_keys(sandbox, "Z-").items()} == {"Z-1": 1}
+    assert _person_keys(sandbox, "z1@") == {"z1@example.com": 1}
 
 
 @pytest.mark.parametrize("store_kind", ["file", "redis"])
