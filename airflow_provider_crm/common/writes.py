@@ -7,7 +7,8 @@ attempt did not land:
   done, so it is sent again, within the retry budget (the limiter waits out the block first);
 - any other transient failure (a 5xx, a lost or cut answer, a timeout) leaves it unknown: with a
   ``lookup`` it is retried only after the lookup finds nothing, and a record the lookup finds is the
-  result; without one it is not sent again and the error is raised.
+  result; without one it is not sent again, and :class:`CrmCreateOutcomeUnknownError` (not
+  retryable) tells Airflow not to send it again either.
 
 :func:`create_once` adds the claim (common/claims.py) that keeps concurrent writers of one key apart.
 """
@@ -19,7 +20,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow_provider_crm.common.claims import PENDING, KeyClaims
-from airflow_provider_crm.common.errors import CrmApiError, CrmRateLimitError, CrmTransientApiError
+from airflow_provider_crm.common.errors import (
+    CrmApiError,
+    CrmPermanentApiError,
+    CrmRateLimitError,
+    CrmTransientApiError,
+)
 from airflow_provider_crm.common.ratelimit import LimiterStats
 from airflow_provider_crm.common.retry import call_with_retries
 
@@ -36,6 +42,19 @@ def refused_before_running(err: BaseException) -> bool:
     if isinstance(err, CrmRateLimitError):
         return True
     return isinstance(err, CrmApiError) and err.status in REFUSED_STATUSES
+
+
+class CrmCreateOutcomeUnknownError(CrmPermanentApiError):
+    """A create failed in a way that leaves its outcome unknown (a lost answer, a 5xx, a timeout) and
+    nothing can look it up: it may exist, so neither this task nor Airflow's task retry sends it again."""
+
+
+def _outcome_unknown(err: CrmApiError, description: str) -> CrmCreateOutcomeUnknownError:
+    return CrmCreateOutcomeUnknownError(
+        f"{description}: {err.api_message}", service=err.service, status=err.status, code=err.code,
+        correlation_id=err.correlation_id,
+        hint="The record may have been created: check before running again. Give the create a key "
+             "(key_field) so that a retry can look it up and is safe")
 
 
 class _Unsafe(Exception):
@@ -73,7 +92,7 @@ def create_safely(send: Callable[[], T], *, lookup: Callable[[], T | None] | Non
             if lookup is None:
                 log.warning("%s: %s; not sending it again: it may have landed and nothing can check that",
                             description, err)
-                raise _Unsafe(err) from None
+                raise _Unsafe(_outcome_unknown(err, description)) from None
             uncertain = True
             raise
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import responses
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_crm.common.claims import PENDING, FileClaims, MemoryClaims, claim_name
-from airflow_provider_crm.common.errors import CrmTransientApiError
-from airflow_provider_crm.common.writes import create_once
+from airflow_provider_crm.common.writes import CrmCreateOutcomeUnknownError, create_once
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook, key_of, normalise_key
 
 BASE = "https://pd.test"
@@ -60,8 +60,9 @@ def test_a_create_refused_with_429_is_sent_again_without_any_key(hook):
 def test_a_create_with_a_lost_answer_and_no_key_is_not_sent_again(hook):
     responses.get(f"{BASE}/api/v2/personFields", json=FIELDS)
     responses.post(f"{BASE}/api/v2/persons", status=502, json={"success": False, "error": "bad gateway"})
-    with pytest.raises(CrmTransientApiError):
+    with pytest.raises(CrmCreateOutcomeUnknownError, match="may have been created") as raised:
         hook.create("persons", {"name": "Ann"})
+    assert isinstance(raised.value, AirflowFailException) and raised.value.status == 502  # no task retry either
     assert _posts() == 1
 
 
