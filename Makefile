@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv lint test unit sandbox-tests integration e2e demo bench sandbox clean
+.PHONY: venv lint test stress unit sandbox-tests integration e2e demo bench sandbox clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -25,7 +25,11 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not stress" $(PYTEST_ARGS)
+
+# long fault, concurrency and load tests (run by .ci/run after make test)
+stress: venv
+	$(VENV)/bin/pytest -m stress $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

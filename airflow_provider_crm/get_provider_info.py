@@ -170,6 +170,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "120",
                         "default": "120",
                     },
+                    "upsert_claim_seconds": {
+                        "description": "How long a per-key create claim lives in a Redis store (a killed "
+                        "worker's claims lapse after it) and half of how long a writer waits for another's "
+                        "claim. File-store claims are OS locks, released when their process ends.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "120",
+                        "default": "120",
+                    },
                 },
             }
         },

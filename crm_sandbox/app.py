@@ -53,7 +53,10 @@ class LatencyAndFaults:
         delay = self.state.latency()
         if delay:
             send = _held_until(time.monotonic() + delay, send)
-        fault = self.state.take_fault(service, scope["method"], path)
+        body = b""
+        if self.state.wants_body(service):
+            receive, body = await _buffered(receive)
+        fault = self.state.take_fault(service, scope["method"], path, body)
         if fault is None:
             await self.app(scope, receive, send)
             return
@@ -108,6 +111,29 @@ async def _truncated(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
     await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
     await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
     raise TruncatedOnPurpose("the truncate fault cut this answer short")
+
+
+async def _buffered(receive: Receive) -> tuple[Receive, bytes]:
+    """The request body, read whole, and a ``receive`` that hands it to the app again."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay, body
 
 
 def _held_until(deadline: float, send: Send) -> Send:

@@ -119,6 +119,7 @@ class ScheduledFault:
     502; ``slow`` waits ``delay`` seconds then answers normally; ``429`` answers a rate-limit error;
     ``truncate`` does the work, sends the answer's status and headers (its full ``Content-Length``) and
     half of its body, then closes the connection (a body cut short in transit).
+    ``body_contains``: only requests whose body holds this text (a GraphQL mutation's name, say).
     """
 
     service: str
@@ -128,6 +129,7 @@ class ScheduledFault:
     path_contains: str = ""
     method: str = ""
     delay: float = 0.0
+    body_contains: str = ""
 
 
 class Counters:
@@ -186,7 +188,12 @@ class SandboxState:
         # service data objects, set by the service modules (see app.create_app)
         self.services: dict[str, Any] = {}
 
-    def take_fault(self, service: str, method: str, path: str) -> ScheduledFault | None:
+    def wants_body(self, service: str) -> bool:
+        """Whether a scheduled fault of ``service`` looks at request bodies (they are read first then)."""
+        with self.lock:
+            return any(f.service == service and f.body_contains for f in self.scheduled_faults)
+
+    def take_fault(self, service: str, method: str, path: str, body: bytes = b"") -> ScheduledFault | None:
         """Return the scheduled or random fault this request suffers, if any."""
         with self.lock:
             for fault in self.scheduled_faults:
@@ -194,6 +201,7 @@ class SandboxState:
                     fault.service == service
                     and fault.path_contains in path
                     and (not fault.method or fault.method.upper() == method.upper())
+                    and (not fault.body_contains or fault.body_contains.encode() in body)
                 ):
                     fault.count -= 1
                     if fault.count <= 0:

@@ -40,6 +40,7 @@ from airflow_provider_crm.common.ratelimit import (
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
+from airflow_provider_crm.common.writes import create_safely
 from airflow_provider_crm.get_provider_info import PIPEDRIVE_CONN_FIELDS, PIPEDRIVE_UI_FIELD_BEHAVIOUR
 
 DEFAULT_BASE_URL = "https://api.pipedrive.com"
@@ -563,9 +564,13 @@ class PipedriveHook(BaseHook):
 
     def request(self, method: str, version: str, path: str, *, params: dict[str, Any] | None = None,
                 json: Any = None, kind: str | None = None) -> dict[str, Any]:
-        """One API call, retried when safe (everything but POST). Returns the whole envelope."""
+        """One API call, retried when safe: everything but POST, and a POST refused before it ran
+        (429, 503; see common/writes.py). Returns the whole envelope."""
         method = method.upper()
         kind = kind or ("write" if method in ("POST", "PUT", "PATCH") else "read")
+        if method == "POST":
+            return create_safely(lambda: self._request_once(method, version, path, params, json, kind),
+                                 lookup=None, description=f"{method} {path}", stats=self.limiter.stats)
         return call_with_retries(
             lambda: self._request_once(method, version, path, params, json, kind),
             idempotent=method != "POST", description=f"{method} {path}", stats=self.limiter.stats,
@@ -674,23 +679,28 @@ class PipedriveHook(BaseHook):
         path = f"{info.path}/archived" if archived else info.path
         yield from self.paginate(info.version, path, params, style=info.pagination)
 
-    def create(self, entity: str, data: dict[str, Any], key_field: str | None = None) -> dict[str, Any]:
-        """Create a record. With ``key_field``, a create whose answer was lost is found by that key
-        (exact search) instead of being sent twice."""
+    def create(self, entity: str, data: dict[str, Any], key_field: str | None = None,
+               key_value: Any = None) -> dict[str, Any]:
+        """Create a record. A create refused before it ran (429, 503) is sent again; one whose answer
+        was lost is sent again only after a lookup by ``key_field`` (``key_value``, by default its
+        value in ``data``; ``email`` finds the first of ``emails``) finds nothing, and without a key
+        it is not sent again (see common/writes.py)."""
         info = entity_info(entity)
         if info.read_only:
             raise CrmInputError(f"{entity} are read-only here")
         body = self.encode_record(entity, data)
+        if key_field and key_value in (None, ""):
+            key_value = key_of(data, key_field)
         lookup = None
-        if key_field and data.get(key_field) not in (None, ""):
-            key_value = data[key_field]
+        if key_field and key_value not in (None, ""):
+            field, value = key_field, key_value
 
             def lookup() -> dict[str, Any] | None:
-                return self.find_one(entity, key_field, key_value)
+                return self.find_one(entity, field, value)
 
-        return call_with_retries(
+        return create_safely(
             lambda: self._request_once("POST", info.version, info.path, None, body, "write")["data"],
-            idempotent=False, lookup=lookup, description=f"create {entity}", stats=self.limiter.stats,
+            lookup=lookup, description=f"create {entity}", stats=self.limiter.stats,
         )
 
     def update(self, entity: str, record_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -726,8 +736,6 @@ class PipedriveHook(BaseHook):
         """The record whose ``key`` (standard field or custom field by name) equals ``value``, or None."""
         fmap = self.field_map(entity)
         is_custom = key.lower() in fmap.by_name or key in fmap.by_key
-        if key == "email":
-            key = "emails"
         search_field = "custom_fields" if is_custom else {"emails": "email", "phones": "phone"}.get(key, key)
         for item in self.search(entity, str(value), fields=search_field):
             record = self.get(entity, item["id"])
@@ -814,16 +822,43 @@ def match_key(value: Any) -> str:
     return str(value).strip().lower()
 
 
+_EMAIL_KEYS = frozenset({"email", "emails"})
+_PHONE_KEYS = frozenset({"phone", "phones"})
+
+
+def normalise_key(key_field: str, value: Any) -> Any:
+    """An upsert key as Pipedrive keeps it, so that the lookup, the local index, the create's own
+    lookup and the record written all agree: emails trimmed and lower-cased, phones and other text
+    trimmed (inner spaces of a phone are kept: Pipedrive stores them as given). ``[{"value": ...}]``
+    lists (``emails``, ``phones``) give their first value."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        value = value[0].get("value")
+    if isinstance(value, dict) and "value" in value:
+        value = value["value"]
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    return value.lower() if key_field.lower() in _EMAIL_KEYS else value
+
+
+def key_of(data: dict[str, Any], key_field: str) -> Any:
+    """The key's value in a record to write: ``data[key_field]``, or for ``email`` / ``phone`` the first
+    of ``emails`` / ``phones`` (an upsert turns the one into the other), normalised."""
+    value = data.get(key_field)
+    if value in (None, "") and key_field.lower() in (_EMAIL_KEYS | _PHONE_KEYS):
+        plural = "emails" if key_field.lower() in _EMAIL_KEYS else "phones"
+        value = data.get(plural)
+    return normalise_key(key_field, value) if value not in (None, "", []) else None
+
+
 def record_keys(record: dict[str, Any], key: str, fmap: FieldMap) -> list[str]:
     """The values a record holds under ``key`` (a standard field, ``email``/``emails``, ``phones`` or a
     custom field by name), as :func:`match_key` compares them."""
-    if key == "email":
-        key = "emails"
     if key.lower() in fmap.by_name or key in fmap.by_key:
         real = fmap.key_for(key)
         current = (record.get("custom_fields") or {}).get(real, record.get(real))
     else:
-        current = record.get(key)
+        current = record.get({"email": "emails", "phone": "phones"}.get(key, key))
     if isinstance(current, dict) and "value" in current:
         current = current["value"]
     if isinstance(current, list):  # emails / phones: [{value, primary, label}]

@@ -37,6 +37,7 @@ from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimi
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
+from airflow_provider_crm.common.writes import create_safely
 from airflow_provider_crm.get_provider_info import PIPEFY_CONN_FIELDS, PIPEFY_UI_FIELD_BEHAVIOUR
 
 DEFAULT_API_URL = "https://api.pipefy.com/graphql"
@@ -729,8 +730,8 @@ class PipefyHook(BaseHook):
             return self._post_once(CREATE_CARD, {"input": card_input}, "write")["createCard"]["card"]
 
         try:
-            return call_with_retries(create, idempotent=False, lookup=lookup,
-                                     description=f"createCard in pipe {pipe_id}", stats=self.limiter.stats)
+            return create_safely(create, lookup=lookup, description=f"createCard in pipe {pipe_id}",
+                                 stats=self.limiter.stats)
         except CrmApiError as err:
             raise named_error(err, f"createCard in pipe {pipe_id}") from None
 
@@ -761,15 +762,40 @@ class PipefyHook(BaseHook):
         return result
 
     def move_card(self, card_id: str | int, phase_id: str | int) -> dict[str, Any]:
+        """Move a card to a phase. Moving twice is refused ("already in phase"), so a repeat (after a lost
+        answer) first reads where the card is, and a refusal is checked the same way: a card already in
+        the phase (moved by the attempt whose answer was lost, or by another writer) is a success."""
+        description = f"move card {card_id}"
+        move_input = {"input": {"card_id": str(card_id), "destination_phase_id": str(phase_id)}}
+        sent = False
+
+        def already_there() -> dict[str, Any] | None:
+            card = self.get_card(card_id)
+            return card if str((card.get("current_phase") or {}).get("id")) == str(phase_id) else None
+
+        def attempt() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                card = already_there()
+                if card is not None:
+                    self.log.info("Card %s is already in phase %s: the earlier move landed", card_id, phase_id)
+                    return card
+            sent = True
+            return self._post_once(MOVE_CARD, move_input, "write")["moveCardToPhase"]["card"]
+
         try:
-            data = self.execute(MOVE_CARD, {"input": {"card_id": str(card_id), "destination_phase_id": str(phase_id)}},
-                                write=True, description=f"move card {card_id}")
+            return call_with_retries(attempt, idempotent=True, description=description, stats=self.limiter.stats)
         except CrmValidationError as err:
+            card = already_there()
+            if card is not None:
+                self.log.info("Card %s is already in phase %s (%s)", card_id, phase_id, err.api_message)
+                return card
             raise CrmValidationError(
                 f"card {card_id} cannot move to phase {phase_id}: {err.api_message}", service="pipefy",
                 code=err.code, correlation_id=err.correlation_id,
             ) from None
-        return data["moveCardToPhase"]["card"]
+        except CrmApiError as err:
+            raise named_error(err, description) from None
 
     def delete_card(self, card_id: str | int) -> bool:
         data = self.execute(DELETE_CARD, {"input": {"id": str(card_id)}}, write=True,
@@ -777,7 +803,9 @@ class PipefyHook(BaseHook):
         return bool((data.get("deleteCard") or {}).get("success"))
 
     def create_comment(self, card_id: str | int, text: str) -> dict[str, Any]:
-        data = self._post_once(CREATE_COMMENT, {"input": {"card_id": str(card_id), "text": text}}, "write")
+        data = create_safely(  # no way to look a comment up: sent again only when refused before it ran
+            lambda: self._post_once(CREATE_COMMENT, {"input": {"card_id": str(card_id), "text": text}}, "write"),
+            lookup=None, description=f"createComment on card {card_id}", stats=self.limiter.stats)
         return data["createComment"]["comment"]
 
     # -- tables ------------------------------------------------------------------------------------
@@ -821,8 +849,8 @@ class PipefyHook(BaseHook):
             return data["createTableRecord"]["table_record"]
 
         try:
-            return call_with_retries(create, idempotent=False, lookup=lookup,
-                                     description=f"createTableRecord in table {table_id}", stats=self.limiter.stats)
+            return create_safely(create, lookup=lookup, description=f"createTableRecord in table {table_id}",
+                                 stats=self.limiter.stats)
         except CrmApiError as err:
             raise named_error(err, f"createTableRecord in table {table_id}") from None
 

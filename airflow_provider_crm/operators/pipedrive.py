@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
@@ -19,7 +20,17 @@ from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.common.watermark import commit_export, plan_export
-from airflow_provider_crm.hooks.pipedrive import MAX_PAGE, FieldMap, PipedriveHook, entity_info, match_key
+from airflow_provider_crm.common.writes import create_once
+from airflow_provider_crm.hooks.pipedrive import (
+    MAX_PAGE,
+    FieldMap,
+    PipedriveHook,
+    entity_info,
+    key_of,
+    match_key,
+    normalise_key,
+    record_keys,
+)
 from airflow_provider_crm.links import PipedriveRecordLink
 
 
@@ -42,7 +53,9 @@ class PipedriveCreateOperator(_PipedriveOperator):
     :param entity: deals, persons, organizations, activities, products, leads or notes.
     :param data: the record.
     :param key_field: a field (standard or custom by name) whose value identifies the record: if one
-        exists it is returned instead of creating another, so an Airflow retry creates no duplicate.
+        exists it is returned instead of creating another, so an Airflow retry creates no duplicate
+        (checked under the key's claim, so an overlapping try cannot create it either). Without it a
+        create is sent again only when it was refused before it ran (429, 503).
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
@@ -56,14 +69,47 @@ class PipedriveCreateOperator(_PipedriveOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        existing = None
         if self.key_field:
-            if self.data.get(self.key_field) in (None, ""):
+            key_value = key_of(self.data, self.key_field)
+            if key_value in (None, ""):
                 raise CrmInputError(f"key_field {self.key_field!r} has no value in data")
-            existing = self.hook.find_one(self.entity, self.key_field, _key_value(self.data[self.key_field]))
-        record = existing or self.hook.create(self.entity, self.data, key_field=self.key_field)
+            # under the key's claim, so a retry overlapping a zombie attempt cannot create it twice
+            record, created = create_keyed(self.hook, self.entity, self.key_field, key_value, self.data,
+                                           trust_absent=False)
+        else:
+            record, created = self.hook.create(self.entity, self.data), True
         push_link(context, PipedriveRecordLink.xcom_key, self.hook.record_url(self.entity, record["id"]))
-        return self.summary(entity=self.entity, id=record["id"], created=existing is None)
+        return self.summary(entity=self.entity, id=record["id"], created=created)
+
+
+def create_keyed(hook: PipedriveHook, entity: str, key_field: str, key_value: Any, data: dict[str, Any], *,
+                 trust_absent: bool) -> tuple[dict[str, Any], bool]:
+    """The record whose ``key_field`` is ``key_value``, created from ``data`` at most once, whoever else
+    writes the same key at the same time (common/writes.py ``create_once``).
+
+    :param trust_absent: the caller's own list (an upsert's index) already says no record has the key,
+        so a search is made only when a claim mark says a create of this key may have landed since.
+    """
+    fmap = hook.field_map(entity)
+
+    def recorded(record_id: str) -> dict[str, Any] | None:
+        try:
+            record = hook.get(entity, int(record_id) if entity_info(entity).id_type is int else record_id)
+        except (CrmNotFoundError, ValueError):
+            return None
+        if record.get("is_deleted") or match_key(key_value) not in record_keys(record, key_field, fmap):
+            return None
+        return record
+
+    def find(suspect: bool) -> dict[str, Any] | None:
+        if trust_absent and not suspect:
+            return None
+        return hook.find_one(entity, key_field, key_value)
+
+    name = claim_name("pipedrive", hook.settings["base_url"], entity, key_field.lower(), match_key(key_value))
+    return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find,
+                       create=lambda: hook.create(entity, data, key_field=key_field, key_value=key_value),
+                       ident=lambda record: record["id"])
 
 
 class PipedriveUpdateOperator(_PipedriveOperator):
@@ -127,6 +173,11 @@ def _key_value(value: Any) -> Any:
 class PipedriveUpsertOperator(_PipedriveOperator):
     """Create or update records from rows, keyed by a standard field or a custom field by name.
 
+    Keys are normalised once (emails trimmed and lower-cased, text trimmed). A new key is created under
+    a per-key claim in the connection's rate-limit store (file or Redis), so concurrent upserts of the
+    same keys, in any process or machine sharing that store, create each record once; a create whose
+    answer was lost is looked up by its key before it is sent again.
+
     :param entity: deals, persons, organizations, products, leads...
     :param rows: a list of dicts, an XCom (templated), or a JSON Lines / CSV file.
     :param key_field: the field identifying a record (``email``, ``name``, or a custom field's name).
@@ -177,24 +228,28 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         return summary
 
     def _upsert_row(self, row: dict[str, Any]) -> tuple[str, Any]:
-        key_value = _key_value(row.get(self.key_field))
+        # the key as Pipedrive keeps it (emails lower-cased, text trimmed), once: the lookup, the index,
+        # the create's own lookup and the record written all use this value
+        key_value = normalise_key(self.key_field, _key_value(row.get(self.key_field)))
         if key_value in (None, ""):
             raise CrmInputError(f"key field {self.key_field!r} is empty")
         data = {k: v for k, v in row.items() if v is not None}
+        if isinstance(data.get(self.key_field), str):
+            data[self.key_field] = key_value
         if self.entity == "persons" and isinstance(data.get("email"), str):
             data["emails"] = [{"value": data.pop("email"), "primary": True, "label": "work"}]
         if self.entity == "persons" and isinstance(data.get("phone"), str):
             data["phones"] = [{"value": data.pop("phone"), "primary": True, "label": "work"}]
         body = self.hook.encode_record(self.entity, data)  # validates names before any write
-        if self._index is not None:
-            existing = self._index.get(match_key(key_value))
-        else:
-            existing = self.hook.find_one(self.entity, self.key_field, key_value)
+        existing = self._index.get(match_key(key_value)) if self._index is not None else None
         if existing is None:
-            created = self.hook.create(self.entity, data, key_field=self.key_field if self.key_field in data
-                                       else None)
-            self._remember(created, key_value)
-            return "created", created["id"]
+            # Under the key's claim (shared with every process using this store): the record another
+            # writer created meanwhile, else a fresh search (search lookup), else a create.
+            existing, created = create_keyed(self.hook, self.entity, self.key_field, key_value, data,
+                                             trust_absent=self._index is not None)
+            self._remember(existing, key_value)
+            if created:
+                return "created", existing["id"]
         if _unchanged(existing, body):
             return "unchanged", existing["id"]
         updated = self.hook.update(self.entity, existing["id"], data)

@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
@@ -17,6 +18,7 @@ from airflow_provider_crm.common.progress import Progress, describe_limits, summ
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.common.watermark import commit_export, plan_export, whole_second
+from airflow_provider_crm.common.writes import create_once
 from airflow_provider_crm.hooks.pipefy import (
     PAGE_SIZE,
     PipefyHook,
@@ -70,22 +72,21 @@ class PipefyCreateCardOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        existing = None
+        def create() -> dict[str, Any]:
+            return self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
+                                         key_field=self.key_field)
+
         if self.key_field:
-            # an Airflow retry after a create that landed finds that card instead of making a second one
+            # an Airflow retry after a create that landed finds that card instead of making a second one,
+            # and under the key's claim a try overlapping this one (a zombie) cannot create it either
             key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
                                              f"pipe {self.pipe_id}")
-            found = self.hook.find_cards(self.pipe_id, key["id"], value)
-            existing = found[0] if found else None
-            if existing:
-                self.log.info("Card %s already has %s = %r: not creating another", existing["id"], key["label"],
-                              value)
-        if existing:
-            card, created = existing, False
+            card, created = create_card_once(self.hook, self.pipe_id, key, value, searched=False, create=create)
+            if not created:
+                self.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
         else:
-            card = self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
-                                         key_field=self.key_field)
-            created = True
+            card, created = create(), True
+        if created:
             self.log.info("Created card %s in pipe %s", card["id"], self.pipe_id)
         url = self.hook.card_url(card["id"])
         push_link(context, PipefyCardLink.xcom_key, url)
@@ -342,8 +343,14 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         key_value = to_pipefy_value(key, row[key_column])
         found = self.hook.find_cards(self.pipe_id, key["id"], key_value)
         title = row.get(self.title_column) if self.title_column else None
-        if found:
-            card = found[0]
+        card: dict[str, Any] | None = found[0] if found else None
+        created: dict[str, Any] | None = None
+        if card is None:
+            # under the key's claim (shared by every process using this store), so two upserts of the
+            # same rows at once create each card once
+            card, made = self._create_once(key, key_value, title, values, key_column)
+            created = card if made else None
+        if created is None:
             current = {item["field"]["id"]: item for item in card.get("fields") or []}
             changed = {}
             for name, value in values.items():
@@ -360,8 +367,6 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
             card_id = card["id"]
             phase_now = card["current_phase"]["id"]
         else:
-            created = self.hook.create_card(self.pipe_id, title=title, fields=values,
-                                            key_field=self.field_map.get(key_column, key_column))
             card_id, outcome = created["id"], "created"
             phase_now = (created.get("current_phase") or {}).get("id")
             if phase_now is None and target is not None:
@@ -369,6 +374,46 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         if target is not None and str(phase_now) != str(target["id"]):
             self.hook.move_card(card_id, target["id"])
         return outcome, str(card_id)
+
+
+    def _create_once(self, key: dict[str, Any], key_value: Any, title: Any, values: dict[str, Any],
+                     key_column: str) -> tuple[dict[str, Any], bool]:
+        """The card whose key field holds ``key_value``: one another writer made meanwhile, else a new one."""
+        return create_card_once(
+            self.hook, self.pipe_id, key, key_value, searched=True,
+            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values,
+                                                 key_field=self.field_map.get(key_column, key_column)))
+
+
+def create_card_once(hook: PipefyHook, pipe_id: str | int, key: dict[str, Any], key_value: Any, *,
+                     searched: bool, create: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The card of ``pipe_id`` whose ``key`` field holds ``key_value``, created at most once whoever else
+    writes the same key at the same time (under the key's claim, common/writes.py ``create_once``).
+
+    :param searched: the caller has just searched (findCards) and found nothing: search again only
+        when a claim mark says a create of this key may have landed since.
+    """
+
+    def holds_key(card: dict[str, Any]) -> bool:
+        return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
+                   for item in card.get("fields") or [])
+
+    def recorded(card_id: str) -> dict[str, Any] | None:
+        try:
+            card = hook.get_card(card_id)
+        except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
+            return None
+        return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(pipe_id) else None
+
+    def find(suspect: bool) -> dict[str, Any] | None:
+        if searched and not suspect:  # nothing a moment ago, and no writer has marked the key since
+            return None
+        found = hook.find_cards(pipe_id, key["id"], key_value)
+        return found[0] if found else None
+
+    name = claim_name("pipefy", hook.settings["api_url"], pipe_id, key["id"], key_value)
+    return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
+                       ident=lambda card: card["id"])
 
 
 class PipefyExportCardsOperator(_PipefyOperator):

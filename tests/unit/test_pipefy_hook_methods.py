@@ -64,13 +64,16 @@ def test_update_fields_soft_failure_is_an_error(hook):
 def test_move_delete_comment(hook):
     responses.post(URL, json={"data": {"moveCardToPhase": None}, "errors": [{"message": 'Field "X" is required!',
                                                                              "extensions": {"code": "INVALID_INPUT"}}]})
+    # a refused move reads the card: one that is already in the phase counts as moved; this one is not
+    responses.post(URL, json={"data": {"card": {"id": "9", "current_phase": {"id": "11", "name": "Doing"}}}})
     with pytest.raises(CrmValidationError, match='card 9 cannot move to phase 12: Field "X" is required!'):
         hook.move_card("9", "12")
+    assert sent(1)["variables"] == {"id": "9"}
     responses.post(URL, json={"data": {"deleteCard": {"success": True}}})
     assert hook.delete_card("9") is True
     responses.post(URL, json={"data": {"createComment": {"comment": {"id": "c1"}}}})
     assert hook.create_comment("9", "hello")["id"] == "c1"
-    assert sent(2)["variables"] == {"input": {"card_id": "9", "text": "hello"}}
+    assert sent(3)["variables"] == {"input": {"card_id": "9", "text": "hello"}}
 
 
 @responses.activate
