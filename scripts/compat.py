@@ -222,7 +222,8 @@ class Checks:
     def hooks_and_conn_add(self) -> str:
         output = self.expect(self.airflow("providers", "hooks"), "airflow providers hooks")
         if "Error when importing hook" in output:
-            raise Failed(f"a hook does not import\n{tail(output)}")
+            bad = [x.split("|")[0].strip() for x in output.splitlines() if "Error when importing hook" in x]
+            raise Failed(f"`airflow providers hooks`: Error when importing hook! for {', '.join(bad)}")
         rows = [line for line in output.splitlines() if any(c in line for c in HOOKS.values())]
         if len(rows) != len(HOOKS):
             raise Failed(f"`airflow providers hooks` lists {len(rows)} of our hooks\n{tail(output)}")
@@ -237,19 +238,19 @@ class Checks:
         return f"both hooks import; `connections add --conn-type {'/'.join(HOOKS)}` takes them without warning"
 
     def example_dags(self) -> str:
-        errors = self.expect(self.airflow("dags", "list-import-errors", "--local", "-o", "json"),
-                             "airflow dags list-import-errors --local")
-        listed = self.expect(self.airflow("dags", "list", "--local", "-o", "json", "--columns", "dag_id"),
-                             "airflow dags list --local")
+        # --local parses the files here; without it the command reads the (still empty) database
+        errors = self.airflow("dags", "list-import-errors", "--local", "-o", "json")
+        listed = self.airflow("dags", "list", "--local", "-o", "json", "--columns", "dag_id")
         try:
-            found = last_json_list(errors)
-            dag_ids = sorted(d["dag_id"] for d in last_json_list(listed))
+            found = last_json_list(errors.stdout)
+            dag_ids = sorted(d["dag_id"] for d in last_json_list(listed.stdout))
         except (ValueError, KeyError, TypeError) as exc:
-            raise Failed(f"unreadable CLI output ({exc})\n{tail(errors + listed)}") from exc
+            raise Failed(f"unreadable CLI output ({exc})\n{tail(errors.stdout + errors.stderr + listed.stdout)}") \
+                from exc
         if found:
-            raise Failed("import errors:\n" + "\n".join(
-                f"      | {e.get('filename')}: {line}" for e in found
-                for line in str(e.get("error", e.get("stack_trace", e))).splitlines()[-6:]))
+            raise Failed(f"{len(found)} import error(s):\n" + "\n".join(
+                f"      | {e.get('filepath') or e.get('filename')}: "
+                f"{str(e.get('error') or e.get('stack_trace') or e).strip().splitlines()[-1]}" for e in found))
         if dag_ids != EXAMPLE_DAG_IDS:
             raise Failed(f"parsed {dag_ids}, expected {EXAMPLE_DAG_IDS}")
         return f"{len(dag_ids)} DAGs parsed, no import errors ({', '.join(dag_ids)})"
