@@ -42,8 +42,11 @@ EXAMPLE_DAG_IDS = sorted(
 # Airflow's answer is its constraints file per release (raw.githubusercontent.com/apache/airflow/
 # constraints-<version>/...), which CI cannot reach. Where the newest libraries break Airflow itself,
 # these caps hold the compat venv to ones of the release's time. 3.0.6 with fastapi 0.165 / cadwyn 9
-# answers every task's start (PATCH /task-instances/<id>/run) with 422, any DAG, provider or not.
-ERA_PINS = {"3.0.": ["fastapi<0.117", "cadwyn<5.5"]}
+# answers every task's start (PATCH /task-instances/<id>/run) with 422; 3.2.2 fails it with
+# "PydanticUserError: Model 'TITerminalStatePayload' needs a discriminator field" (fastapi 0.165 / cadwyn 9)
+# and, with those capped, "'State' object has no attribute 'svcs_registry'" (svcs 26). Any DAG, provider or
+# not. 3.1 caps fastapi itself (<0.118); 3.3.2 caps it (<0.137) and works with svcs 26.
+ERA_PINS = {"3.0.": ["fastapi<0.117", "cadwyn<5.5"], "3.2.": ["fastapi<0.137", "cadwyn<8", "svcs<26"]}
 HOOKS = {"pipefy": "airflow_provider_crm.hooks.pipefy.PipefyHook",
          "pipedrive": "airflow_provider_crm.hooks.pipedrive.PipedriveHook"}
 
