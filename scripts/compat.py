@@ -345,7 +345,7 @@ def main() -> int:
             summary.append((version, False, f"install failed after {time.monotonic() - started:.0f} s"))
             continue
         installed = time.monotonic() - started
-        log(f"  PASS [{version}] install: {' '.join([venv.requirement, *venv.pins])} + {wheel.name} "
+        log(f"  PASS [{version}] install: {' '.join([venv.requirement, *venv.pins])} + {wheel.name}[sandbox] "
             f"({'new venv' if rebuilt else 'venv reused'}, {installed:.0f} s)")
         checks = Checks(venv)
         ok = checks.all()
