@@ -7,8 +7,10 @@ AIRFLOW_VERSION ?= 3.3.2
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Airflow versions the compatibility run proves: the newest 3.0.x (the oldest supported) and the newest
+COMPAT_AIRFLOW_VERSIONS ?= 3.0.6 3.3.2
 
-.PHONY: venv lint test stress unit sandbox-tests integration e2e demo bench sandbox clean
+.PHONY: venv lint test stress unit sandbox-tests integration e2e demo bench sandbox compat clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -52,5 +54,9 @@ bench: venv
 sandbox: venv
 	$(VENV)/bin/crm-sandbox --port 8765
 
+# each version in its own .venv-compat-<version>, the provider installed from a wheel of this checkout
+compat:
+	$(PYTHON) scripts/compat.py $(COMPAT_AIRFLOW_VERSIONS)
+
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-compat-* .compat .demo .mypy_cache .ruff_cache .pytest_cache

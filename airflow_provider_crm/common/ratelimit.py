@@ -321,10 +321,8 @@ _STORES_LOCK = threading.Lock()
 
 
 def _config(option: str, fallback: str) -> str:
-    try:
-        from airflow.sdk.configuration import conf
-    except ImportError:  # pragma: no cover - older Airflow
-        from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.providers.common.compat.sdk import conf
+
     value = conf.get("crm", option, fallback=fallback)
     return value if value not in (None, "") else fallback
 

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import httpx
 import requests
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_crm.common import connection_form, http, jsoncodec
 from airflow_provider_crm.common.errors import (

@@ -7,13 +7,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import (
+from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
     AirflowSkipException,
 )
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_crm.common.context import push_link
 from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError
@@ -57,7 +57,7 @@ class PipedriveDealSensor(BaseSensorOperator):
         self.statuses = statuses or []
         self.pipedrive_conn_id = pipedrive_conn_id
         if deferrable is None:
-            from airflow.sdk.configuration import conf
+            from airflow.providers.common.compat.sdk import conf
 
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
         self.deferrable = deferrable

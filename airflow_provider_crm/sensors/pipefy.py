@@ -7,13 +7,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any, NoReturn
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import (
+from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
     AirflowSkipException,
 )
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_crm.common.context import data_interval, push_link
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
@@ -28,7 +28,7 @@ from airflow_provider_crm.triggers.pipefy import (
 
 
 def _default_deferrable() -> bool:
-    from airflow.sdk.configuration import conf
+    from airflow.providers.common.compat.sdk import conf
 
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
