@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -30,15 +31,17 @@ class Progress:
     :param total: how many are expected, if known (an estimate is fine: the time left is approximate).
     :param stats: the hook's limiter stats (``requests``, ``waits``, ``wait_seconds``), for the lines.
     :param every: seconds between progress lines.
+    :param detail: returns more to say in each line (an upsert's outcome counts, say).
     """
 
     def __init__(self, log: logging.Logger | Any, what: str, total: int | None = None, stats: Any = None,
-                 every: float = 10.0) -> None:
+                 every: float = 10.0, detail: Callable[[], str] | None = None) -> None:
         self.log = log
         self.what = what
         self.total = total if total and total > 0 else None
         self.stats = stats
         self.every = every
+        self.detail = detail
         self.count = 0
         self.started = time.monotonic()
         self._next = self.started + every
@@ -61,6 +64,8 @@ class Progress:
                  f"{rate:,.0f}/s", f"elapsed {_duration(elapsed)}"]
         if self.total and rate > 0:
             parts.append(f"about {_duration(max(0, self.total - self.count) / rate)} left")
+        if self.detail is not None:
+            parts.append(self.detail())
         if self.stats is not None:
             parts.append(f"{self.stats.requests:,} requests, {self.stats.waits} rate-limit waits "
                          f"({self.stats.wait_seconds:.1f}s)")

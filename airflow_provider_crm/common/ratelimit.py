@@ -501,11 +501,17 @@ class RateLimiter:
     def _blocked_for(self) -> float:
         return max(0.0, self.store.get(self._value_key("block_until")) - time.time())
 
+    # why the token is paused, kept beside the pause so that every process logs the real reason
+    BLOCK_REASONS = {1.0: "HTTP 429: the service refused a request", 2.0: "the service said no requests are left in "
+                     "its window (x-ratelimit-remaining 0; no request was refused), waiting for its reset"}
+
     def block(self, seconds: float, reason: str) -> None:
         """Make every process sharing the store wait ``seconds`` (after a 429 or a spent window)."""
         if seconds <= 0:
             return
         self.store.set_max(self._value_key("block_until"), time.time() + seconds, ttl=seconds + 60)
+        code = 1.0 if reason.startswith("HTTP 429") else 2.0 if "remaining" in reason else 0.0
+        self.store.set(self._value_key("block_reason"), code, ttl=seconds + 60)
         log.warning("%s rate limit: every process on this token pauses %.1fs (%s)", self.service, seconds, reason)
 
     # -- allowances -----------------------------------------------------------------------------------
@@ -595,7 +601,8 @@ class RateLimiter:
         """Take a slot in every window this kind uses; return (0, "") or (seconds to wait, reason)."""
         blocked = self._blocked_for()
         if blocked > 0:
-            return blocked, "blocked after a rate-limit answer"
+            code = self.store.get(self._value_key("block_reason"))
+            return blocked, f"paused: {self.BLOCK_REASONS.get(code, 'the service asked to slow down')}"
         with self._bucket_lock:
             for window in self.windows:
                 if kind not in window.kinds:

@@ -54,6 +54,10 @@ class UpsertReport:
             self._rejects.write(jsoncodec.dumps(entry).decode() + "\n")
             self._rejects.flush()
 
+    def describe(self) -> str:
+        """The outcome counts so far, for progress lines."""
+        return ", ".join(f"{name} {count}" for name, count in self.counts.items())
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -216,14 +216,20 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         if self.lookup == "index" or (self.lookup == "auto" and len(rows) >= self.index_from_rows):
             self._index = self.hook.index_by(self.entity, self.key_field)
             self.log.info("Indexed %d %s by %s for %d rows", len(self._index), self.entity, self.key_field, len(rows))
+        limiter = self.hook.limiter
+        self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s); rate limit: %s", len(rows), self.entity,
+                      self.key_field, "index" if self._index is not None else "search", describe_limits(limiter))
+        progress = Progress(self.log, "rows", total=len(rows), stats=limiter.stats, detail=report.describe)
         for index, row in enumerate(rows, start=1):
             try:
                 outcome, record_id = self._upsert_row(row)
                 report.record(outcome, record_id)
             except CrmError as err:
                 report.reject(index, row, err)
+            progress.add()
+        progress.done(report.describe())
         summary = self.summary(entity=self.entity, **report.summary())
-        self.log.info("Upsert finished: %s", summary)
+        self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
 

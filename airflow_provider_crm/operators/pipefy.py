@@ -298,21 +298,22 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows, count = self._rows()
         # one lookup per row, a create or an update for most, a move for some
         estimate = count * (2 + (1 if target is not None else 0))
-        self.log.info("Upserting %d rows into pipe %s keyed by %r: at most about %d API calls", count,
-                      self.pipe_id, key["label"], estimate)
+        self.log.info("Upserting %d rows into pipe %s keyed by %r: at most about %d API calls; rate limit: %s",
+                      count, self.pipe_id, key["label"], estimate, describe_limits(hook.limiter))
         hook.limiter.check_quota(estimate)
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
+        progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
         for index, row in enumerate(rows, start=1):
             try:
                 outcome, card_id = self._upsert_row(row, key, key_column, meta, target)
                 report.record(outcome, card_id)
             except CrmError as err:
                 report.reject(index, row, err)
-            if index % 100 == 0:
-                self.log.info("%d of %d rows done: %s", index, count, report.counts)
+            progress.add()
+        progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
         summary = self.summary(pipe_id=str(self.pipe_id), **report.summary())
-        self.log.info("Upsert finished: %s", summary)
+        self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
 

@@ -122,4 +122,4 @@ def test_pipefy_block_from_one_process_is_respected_by_another(tmp_path, store_k
     proc.start()
     outcome = results.get(timeout=60)
     proc.join(timeout=30)
-    assert outcome == "waited: blocked after a rate-limit answer"
+    assert outcome == "waited: paused: HTTP 429: the service refused a request"  # the reason, in the other process

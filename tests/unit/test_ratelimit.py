@@ -91,7 +91,7 @@ def test_429_blocks_every_limiter_sharing_the_store(file_store):
     second = build_limiter("pipefy", "shared-token", store=file_store, max_wait=5)
     first.after_response(429, {})
     assert first.stats.rate_limited == 1
-    with pytest.raises(CrmWaitTooLongError, match="blocked"):
+    with pytest.raises(CrmWaitTooLongError, match="paused: HTTP 429"):
         second.before_request()  # the 5-minute block exceeds max_wait: hand over to Airflow's retry
     other_token = build_limiter("pipefy", "another-token", store=file_store, max_wait=5)
     other_token.before_request()  # other tokens are not blocked
@@ -134,7 +134,7 @@ def test_pipedrive_budget_and_write_allowance_stop_calls_before_the_server(file_
 def test_headers_remaining_zero_pauses_for_the_relative_reset():
     limiter = build_limiter("pipedrive", "t-hdr", plan="ultimate", store="memory", max_wait=0.5)
     limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
-    with pytest.raises(CrmWaitTooLongError, match="blocked"):
+    with pytest.raises(CrmWaitTooLongError, match=r"paused: .*x-ratelimit-remaining 0; no request was refused"):
         limiter.before_request()
     # one left is our own window at its 95 % (19 of 20): no pause, the limiter already paces us
     nearly = build_limiter("pipedrive", "t-hdr1", plan="ultimate", store="memory", max_wait=0.5)
@@ -194,3 +194,15 @@ def test_token_costs_come_from_the_spec():
     assert pipedrive_token_cost("GET", "/persons/search", "v2") == 20
     assert pipedrive_token_cost("GET", "/notes", "v1") == 20
     assert pipedrive_token_cost("GET", "/no/such/endpoint", "v2") == 10
+
+
+def test_a_pause_says_its_real_reason():
+    """x-ratelimit-remaining 0 pauses the token, but no 429 happened: the log must not say there was one."""
+    from airflow_provider_crm.common.ratelimit import build_limiter
+
+    limiter = build_limiter("pipedrive", "reason-token", store="memory")
+    limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
+    wait, reason = limiter._try_windows("read")
+    assert wait > 0 and "x-ratelimit-remaining 0" in reason and "429" not in reason
+    limiter.after_response(429, {"retry-after": "3"})
+    assert "HTTP 429" in limiter._try_windows("read")[1]
