@@ -10,11 +10,14 @@ PIPEDRIVE_PLANS = ["lite", "growth", "premium", "ultimate", "essential", "advanc
 
 def _field(label: str, description: str, *, type_: str | list[str] = "string", secret: bool = False,
            enum: list[str] | None = None, **schema: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"type": type_ if enum is None else ["string", "null"]}
+    spec: dict[str, Any] = {"type": type_}
     if isinstance(spec["type"], str) and spec["type"] in ("string", "integer", "number"):
         spec["type"] = [spec["type"], "null"]
     if enum is not None:
-        spec["enum"] = [*enum, None]
+        # the choices only: a None among them showed as a literal "null" option in the form's drop-down;
+        # the hook's default applies when the field is left unset
+        spec["type"] = "string"
+        spec["enum"] = list(enum)
     if secret:
         spec["format"] = "password"
     spec.update(schema)
@@ -28,7 +31,7 @@ PIPEFY_CONN_FIELDS: dict[str, Any] = {
                             secret=True),
     "oauth_token_url": _field("OAuth token URL", "Default https://app.pipefy.com/oauth/token."),
     "plan": _field("Plan", "Pipefy plan: sets the monthly API-call quota (starter 20, business 500, "
-                   "enterprise 10,000, unlimited: none).", enum=PIPEFY_PLANS),
+                   "enterprise 10,000, unlimited: none).", enum=PIPEFY_PLANS, default="unlimited"),
     "requests_per_30s": _field("Requests per 30 s", "Override of the 500 requests / 30 s limit.",
                                type_="integer"),
     "monthly_quota": _field("Monthly call quota", "Override of the plan's monthly API-call quota.",
@@ -46,7 +49,8 @@ PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {
                             secret=True),
     "oauth_token_url": _field("OAuth token URL", "Default https://oauth.pipedrive.com/oauth/token."),
     "company_domain": _field("Company domain", "Your company's subdomain, e.g. 'acme' for acme.pipedrive.com."),
-    "plan": _field("Plan", "Pipedrive plan: sets the burst limit and daily token budget.", enum=PIPEDRIVE_PLANS),
+    "plan": _field("Plan", "Pipedrive plan: sets the burst limit and daily token budget.", enum=PIPEDRIVE_PLANS,
+                   default="lite"),
     "seats": _field("Seats", "Number of paid seats (daily token budget = 30,000 x plan multiplier x seats).",
                     type_="integer"),
     "requests_per_2s": _field("Requests per 2 s", "Override of the plan's burst limit.", type_="integer"),

@@ -128,3 +128,13 @@ def test_pipedrive_test_connection_sends_header_not_query_parameter(monkeypatch)
                   json={"success": False, "error": "unauthorized access", "errorCode": 401})
     ok, message = PipedriveHook("pd").test_connection()
     assert not ok and "unauthorized access" in message and SECRET not in message
+
+
+def test_plan_drop_downs_offer_plans_only_with_the_hooks_default():
+    """The form's Plan drop-down showed a literal "null" choice (a None among the enum's values)."""
+    from airflow_provider_crm.get_provider_info import PIPEDRIVE_CONN_FIELDS, PIPEFY_CONN_FIELDS
+
+    for fields, default in ((PIPEFY_CONN_FIELDS, "unlimited"), (PIPEDRIVE_CONN_FIELDS, "lite")):
+        schema = fields["plan"]["schema"]
+        assert None not in schema["enum"] and "null" not in schema["enum"] and schema["type"] == "string"
+        assert schema["default"] == default
