@@ -560,7 +560,11 @@ class PipedriveHook(BaseHook):
                 envelope = None
             if envelope is not None and envelope.success is not False:
                 return envelope
-        return _envelope(resp.status_code, content, resp.headers.get("content-type"), what)
+        try:
+            return _envelope(resp.status_code, content, resp.headers.get("content-type"), what)
+        except CrmAuthError as err:  # say which connection holds the refused credentials
+            err.args = (f"{err}; connection {self.pipedrive_conn_id!r}: check its API token or OAuth client",)
+            raise
 
     def request(self, method: str, version: str, path: str, *, params: dict[str, Any] | None = None,
                 json: Any = None, kind: str | None = None) -> dict[str, Any]:

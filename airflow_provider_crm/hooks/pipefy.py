@@ -555,7 +555,10 @@ class PipefyHook(BaseHook):
             raise CrmTransientApiError(f"{http.not_json(content, content_type)} (HTTP {status})", service="pipefy",
                                        status=status)
         if payload.get("errors"):
-            raise pipefy_error(payload["errors"], payload.get("data"), status)
+            error = pipefy_error(payload["errors"], payload.get("data"), status)
+            if isinstance(error, CrmAuthError):  # say which connection holds the refused credentials
+                error.args = (f"{error}; connection {self.pipefy_conn_id!r}: check its token or service account",)
+            raise error
         if status >= 400:
             cls = _HTTP_ERROR_CLASSES.get(status, CrmPermanentApiError)
             raise cls(f"HTTP {status}", service="pipefy", status=status)

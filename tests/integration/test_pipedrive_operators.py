@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from airflow_provider_crm.common.errors import (
+    CrmAuthError,
     CrmInputError,
     CrmNotFoundError,
     CrmPlanLimitError,
@@ -229,3 +230,12 @@ async def test_deal_trigger_fires_when_won(connections):
     event = await asyncio.wait_for(anext(PipedriveDealTrigger(**kwargs).run()), 20)
     await winner
     assert event.payload["status"] == "success" and event.payload["deal_status"] == "won"
+
+
+def test_a_refused_token_names_the_connection_and_never_the_token(connections, monkeypatch, sandbox):
+    monkeypatch.setenv("AIRFLOW_CONN_PIPEDRIVE_BAD", json.dumps({
+        "conn_type": "pipedrive", "host": connections["pipedrive_url"], "password": "not-the-token-8f3a",
+        "extra": {"rate_limit_store": "memory"}}))
+    with pytest.raises(CrmAuthError) as caught:
+        PipedriveHook("pipedrive_bad").get("deals", 1)
+    assert "connection 'pipedrive_bad'" in str(caught.value) and "8f3a" not in str(caught.value)
