@@ -100,7 +100,7 @@ def main() -> int:
     shutil.rmtree(DEMO, ignore_errors=True)
     (DEMO / "logs").mkdir(parents=True)
     sandbox, info = start_sandbox()
-    print(f"sandbox: {info['control_url'].rsplit('/', 1)[0]}")
+    print(f"sandbox: {info['control_url'].rsplit('/', 1)[0]} (for the length of the demo)")
     failures = []
     try:
         env = airflow_env(info)
@@ -142,6 +142,14 @@ def main() -> int:
     print(f"\nAPI requests: {counters['requests']}")
     print(f"HTTP 429s: {sum(counters['rate_limited'].values())}   rate-limit waits: {waits}")
     print(f"Demo finished in {time.monotonic() - started:.0f}s; {len(dag_ids) - len(failures)}/{len(dag_ids)} DAGs green.")
+    home = (DEMO / "airflow").relative_to(REPO)
+    print(f"\nThe sandbox has stopped; the runs, their task logs and summaries are kept in {home}. To browse "
+          "them in Airflow's UI:\n"
+          f"  AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER=dags AIRFLOW__CORE__LOAD_EXAMPLES=False "
+          f"{(BIN / 'airflow').relative_to(REPO)} standalone\n"
+          f"  then open http://localhost:8080 (user admin; the password is in "
+          f"{home}/simple_auth_manager_passwords.json.generated). Runs started from there need `make sandbox` "
+          "running and its connections.")
     return 1 if failures or not dag_ids else 0
 
 
