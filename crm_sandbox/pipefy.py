@@ -385,6 +385,20 @@ class RecordNode:
         return self.ctx.d.record_fields(self.r)
 
 
+class RecordAsCard(RecordNode):
+    """A table record as findRecords answers it: a Card node whose `fields` are the record's values."""
+
+    typename = "Card"
+
+    @property
+    def createdAt(self) -> str | None:  # noqa: N802 (Pipefy's field name)
+        return self.created_at
+
+    @property
+    def fields(self) -> list[dict[str, Any]]:
+        return self.record_fields
+
+
 class TableNode:
     def __init__(self, ctx: Ctx, table: dict[str, Any]) -> None:
         self.ctx, self.t = ctx, table
@@ -523,7 +537,7 @@ class Root(Ctx):
         ids = self.d.cached(key, lambda: [
             i for i in self.d.by_table[table["id"]]
             if self.d.matches_exact(field, self.d.records[str(i)]["values"].get(fid), wanted)])
-        return paginate(ids, self.record_node, **page)
+        return paginate(ids, lambda i: RecordAsCard(self, self.record(str(i))), **page)
 
     # mutations helpers -----------------------------------------------------------------------------
     def _new_values(self, owner: dict[str, Any], fields: dict[str, dict[str, Any]], pipe_id: str | None,

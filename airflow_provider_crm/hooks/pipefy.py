@@ -154,12 +154,15 @@ query TableRecords($id: ID!, $first: Int, $after: String) {
   }
 }"""
 )
+# findRecords takes a String table id and answers a CardConnection whose nodes carry `fields`; its
+# search input's type name is unproven, so the object is written inline (as Pipefy's own SDK does).
+# Evidence: ../shared/api-notes/pipefy.md, "Checked against public evidence".
 FIND_RECORDS = parse(
     """
-query FindRecords($tableId: ID!, $search: FindRecords!, $first: Int, $after: String) {
-  findRecords(tableId: $tableId, search: $search, first: $first, after: $after) {
+query FindRecords($tableId: String!, $fieldId: String!, $fieldValue: String!, $first: Int, $after: String) {
+  findRecords(tableId: $tableId, search: {fieldId: $fieldId, fieldValue: $fieldValue}, first: $first, after: $after) {
     pageInfo { hasNextPage endCursor }
-    edges { node { id title created_at updated_at record_fields { name value array_value date_value datetime_value float_value field { id label type } } } }
+    edges { node { id title createdAt updated_at fields { name value array_value date_value datetime_value float_value field { id label type } } } }
   }
 }"""
 )
@@ -181,7 +184,10 @@ mutation SetTableRecordFieldValue($input: SetTableRecordFieldValueInput!) {
 )
 CREATE_PRESIGNED_URL = parse(
     """
-mutation CreatePresignedUrl($input: CreatePresignedUrlInput!) { createPresignedUrl(input: $input) { url downloadUrl } }"""
+mutation CreatePresignedUrl($organizationId: ID!, $fileName: String!, $contentType: String, $contentLength: Int) {
+  createPresignedUrl(input: {organizationId: $organizationId, fileName: $fileName, contentType: $contentType,
+                             contentLength: $contentLength}) { url downloadUrl }
+}"""
 )
 DELETE_TABLE_RECORD = parse(
     "mutation DeleteTableRecord($input: DeleteTableRecordInput!) { deleteTableRecord(input: $input) { success } }"
@@ -826,8 +832,8 @@ class PipefyHook(BaseHook):
 
     def find_table_records(self, table_id: str | int, field_id: str, value: Any) -> list[dict[str, Any]]:
         """Records whose field equals ``value`` exactly (findRecords)."""
-        search = {"fieldId": field_id, "fieldValue": str(value)}
-        return list(self.paginate(FIND_RECORDS, {"tableId": str(table_id), "search": search}, ["findRecords"]))
+        variables = {"tableId": str(table_id), "fieldId": str(field_id), "fieldValue": str(value)}
+        return list(self.paginate(FIND_RECORDS, variables, ["findRecords"]))
 
     def create_table_record(self, table_id: str | int, title: str | None = None,
                             fields: dict[str, Any] | None = None, key_field: str | None = None) -> dict[str, Any]:
@@ -880,9 +886,9 @@ class PipefyHook(BaseHook):
     def upload_attachment(self, organization_id: str, file_name: str, content: bytes,
                           content_type: str = "application/octet-stream") -> str:
         """Upload bytes through a presigned URL; returns the storage path to put in an attachment field."""
-        data = self.execute(CREATE_PRESIGNED_URL, {"input": {
+        data = self.execute(CREATE_PRESIGNED_URL, {
             "organizationId": organization_id, "fileName": file_name, "contentType": content_type,
-            "contentLength": len(content)}}, write=True, description=f"presigned URL for {file_name}")
+            "contentLength": len(content)}, write=True, description=f"presigned URL for {file_name}")
         url = data["createPresignedUrl"]["url"]
         try:
             resp = requests.put(url, data=content, headers={"Content-Type": content_type}, timeout=self.timeout)

@@ -389,9 +389,18 @@ def test_tables_records_and_their_mutations(sandbox):
     missing = gql(sandbox, """mutation($i: CreateTableRecordInput!) { createTableRecord(input: $i) { table_record { id } } }""",
                   {"i": {"table_id": "401", "fields_attributes": [{"field_id": "tier", "field_value": "Gold"}]}})
     assert code_of(missing) == "RECORD_INVALID" and '"Company" is required' in missing["errors"][0]["message"]
-    find = """query($s: FindRecords!) { findRecords(tableId: 401, search: $s, first: 10) { edges { node { id } } } }"""
-    assert [e["node"]["id"] for e in ok(sandbox, find, {"s": {"fieldId": "company", "fieldValue": "Initech"}})[
-        "findRecords"]["edges"]] == [created["id"]]
+    # Pipefy's shape (api-notes, "Checked against public evidence"): a String table id, the search written
+    # inline, a CardConnection whose nodes have `fields`
+    find = """query($v: String!) { findRecords(tableId: "401", search: {fieldId: "company", fieldValue: $v}, first: 10)
+              { edges { node { id fields { name value } } } } }"""
+    nodes = [e["node"] for e in ok(sandbox, find, {"v": "Initech"})["findRecords"]["edges"]]
+    assert [n["id"] for n in nodes] == [created["id"]] and {"name": "Company", "value": "Initech"} in nodes[0]["fields"]
+    # what the client sent until 2026-12: an ID table id, a named input type, `record_fields`: refused
+    old = """query($t: ID!, $s: FindRecords!) { findRecords(tableId: $t, search: $s) { edges { node { id
+             record_fields { name } } } } }"""
+    refused = gql(sandbox, old, {"t": "401", "s": {"fieldId": "company", "fieldValue": "Initech"}}, status=200)
+    messages = " ".join(e["message"] for e in refused["errors"])
+    assert "Unknown type 'FindRecords'" in messages and "record_fields" in messages
     ok(sandbox, "mutation($i: UpdateTableRecordInput!) { updateTableRecord(input: $i) { table_record { id } } }",
        {"i": {"id": created["id"], "title": "Initech Corp"}})
     ok(sandbox, """mutation($i: SetTableRecordFieldValueInput!) { setTableRecordFieldValue(input: $i) {
