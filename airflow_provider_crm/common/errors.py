@@ -54,6 +54,7 @@ class CrmApiError(CrmError):
         self.code = code
         self.correlation_id = correlation_id
         self.data = data
+        self.hint = hint
         self.api_message = message
         parts = [f"{service}: {message}"]
         if code:
@@ -98,6 +99,11 @@ class CrmRetryableError(CrmError):
 
 class CrmTransientApiError(CrmApiError, CrmRetryableError):
     """5xx, dropped connections, timeouts."""
+
+
+class CrmInternalServerError(CrmTransientApiError):
+    """A service's own internal error (Pipefy's ``INTERNAL_SERVER_ERROR``). Pipefy asks clients not to
+    repeat the same payload, and every repeat spends quota: retried once at most, never for a create."""
 
 
 class CrmRateLimitError(CrmTransientApiError):

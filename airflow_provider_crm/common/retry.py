@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, Retrying, wait_random_expone
 
 from airflow_provider_crm.common.errors import (
     CrmApiError,
+    CrmInternalServerError,
     CrmRateLimitError,
     CrmTransientApiError,
     CrmWaitTooLongError,
@@ -80,6 +81,8 @@ class _Policy:
         if refused_before_work(error):
             return True
         self.failures += 1
+        if isinstance(error, CrmInternalServerError) and self.failures > 1:
+            return False  # the service asks not to repeat it: one retry at most
         return self.may_have_landed_ok
 
     def wait(self, state: RetryCallState) -> float:

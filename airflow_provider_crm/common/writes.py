@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from airflow_provider_crm.common.claims import PENDING, KeyClaims
 from airflow_provider_crm.common.errors import (
     CrmApiError,
+    CrmInternalServerError,
     CrmPermanentApiError,
     CrmRateLimitError,
     CrmTransientApiError,
@@ -89,6 +90,12 @@ def create_safely(send: Callable[[], T], *, lookup: Callable[[], T | None] | Non
         except CrmTransientApiError as err:
             if refused_before_running(err):
                 raise  # nothing was done: retried as it is
+            if isinstance(err, CrmInternalServerError):
+                # the service asks not to repeat the payload: look once, never send it again
+                found = lookup() if lookup is not None else None
+                if found is not None:
+                    return found
+                raise _Unsafe(_outcome_unknown(err, description)) from None
             if lookup is None:
                 log.warning("%s: %s; not sending it again: it may have landed and nothing can check that",
                             description, err)

@@ -24,11 +24,11 @@ from airflow_provider_crm.common.errors import (
     CrmConfigError,
     CrmError,
     CrmInputError,
+    CrmInternalServerError,
     CrmNotFoundError,
     CrmPermanentApiError,
     CrmPermissionError,
     CrmPlanLimitError,
-    CrmQuotaExceededError,
     CrmRateLimitError,
     CrmTransientApiError,
     CrmValidationError,
@@ -224,8 +224,19 @@ _ERROR_CLASSES: dict[str, type[CrmApiError]] = {
     "INVALID_INPUT": CrmValidationError,
     "RECORD_INVALID": CrmValidationError,
     "FEATURE_NOT_ALLOWED_BY_ORGANIZATION_PLAN": CrmPlanLimitError,
-    "INTERNAL_SERVER_ERROR": CrmTransientApiError,
+    "INTERNAL_SERVER_ERROR": CrmInternalServerError,
 }
+
+
+def _singular_error(error: Any) -> dict[str, Any]:
+    """A top-level ``error`` answer as one entry of a GraphQL ``errors`` list."""
+    if isinstance(error, dict):
+        details: dict[str, Any] = error["details"] if isinstance(error.get("details"), dict) else {}
+        return {"message": str(error.get("message") or details.get("code") or "error"),
+                "extensions": {"code": details.get("code") or error.get("code"),
+                               "correlation_id": details.get("correlation_id")}}
+    text = str(error)
+    return {"message": text, "extensions": {"code": "UNAUTHORIZED" if "token" in text.lower() else text.upper()}}
 
 
 def pipefy_error(errors: list[dict[str, Any]], data: Any = None, status: int | None = None) -> CrmError:
@@ -237,8 +248,9 @@ def pipefy_error(errors: list[dict[str, Any]], data: Any = None, status: int | N
     code = str(code) if code is not None else None
     correlation_id = extensions.get("correlation_id")
     upper = (code or "").upper()
-    if upper == "USAGE_LIMIT_EXCEEDED":
-        return CrmQuotaExceededError(f"pipefy: {message} (code={code}, correlation_id={correlation_id})")
+    if upper == "USAGE_LIMIT_EXCEEDED":  # Pipefy's e-mail sending limit, not the monthly API quota
+        return CrmPlanLimitError(message, service="pipefy", status=status, code=code, correlation_id=correlation_id,
+                                 data=data, hint="Pipefy's limit on e-mails sent from the account was reached")
     if "RATE" in upper or "TOO_MANY" in upper or "too many requests" in message.lower():
         return CrmRateLimitError(message, service="pipefy", status=status, code=code, correlation_id=correlation_id,
                                  data=data)
@@ -255,7 +267,7 @@ def named_error(err: CrmApiError, what: str) -> CrmApiError:
     the service's own message, code and correlation id stay, ``api_message`` stays the service's."""
     if what and str(err.api_message).startswith(what):
         return err
-    hint = PERMISSION_HINT if isinstance(err, CrmPermissionError) else None
+    hint = PERMISSION_HINT if isinstance(err, CrmPermissionError) else getattr(err, "hint", None)
     new = type(err).__new__(type(err))
     CrmApiError.__init__(new, f"{what}: {err.api_message}", service=err.service, status=err.status, code=err.code,
                          correlation_id=err.correlation_id, data=err.data, hint=hint)
@@ -560,10 +572,16 @@ class PipefyHook(BaseHook):
             # an HTML page (a proxy's or a maintenance page) or JSON cut short: the real status, retryable
             raise CrmTransientApiError(f"{http.not_json(content, content_type)} (HTTP {status})", service="pipefy",
                                        status=status)
+        if "error" in payload and not payload.get("errors") and not payload.get("data"):
+            # Pipefy's other error shape: {"error": "invalid_token"} or {"error": {"message", "details":
+            # {"code", "correlation_id"}}}, sometimes with HTTP 200
+            payload = {"errors": [_singular_error(payload["error"])]}
         if payload.get("errors"):
             error = pipefy_error(payload["errors"], payload.get("data"), status)
             if isinstance(error, CrmAuthError):  # say which connection holds the refused credentials
-                error.args = (f"{error}; connection {self.pipefy_conn_id!r}: check its token or service account",)
+                error = CrmAuthError(error.api_message, service="pipefy", status=status, code=error.code,
+                                     correlation_id=error.correlation_id,
+                                     hint=f"Connection {self.pipefy_conn_id!r}: check its token or service account")
             raise error
         if status >= 400:
             cls = _HTTP_ERROR_CLASSES.get(status, CrmPermanentApiError)

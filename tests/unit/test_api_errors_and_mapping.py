@@ -9,12 +9,13 @@ import responses
 
 from airflow_provider_crm.common.errors import (
     CrmAuthError,
+    CrmError,
     CrmInputError,
+    CrmInternalServerError,
     CrmNotFoundError,
     CrmPermanentApiError,
     CrmPermissionError,
     CrmPlanLimitError,
-    CrmQuotaExceededError,
     CrmRateLimitError,
     CrmTransientApiError,
     CrmValidationError,
@@ -32,8 +33,9 @@ KEY_REGION = "b" * 40
      ("RESOURCE_NOT_FOUND", CrmNotFoundError), ("RECORD_NOT_FOUND", CrmNotFoundError),
      ("INVALID_INPUT", CrmValidationError), ("RECORD_INVALID", CrmValidationError),
      ("FEATURE_NOT_ALLOWED_BY_ORGANIZATION_PLAN", CrmPlanLimitError),
-     ("INTERNAL_SERVER_ERROR", CrmTransientApiError), ("TOO_MANY_REQUESTS", CrmRateLimitError),
-     ("USAGE_LIMIT_EXCEEDED", CrmQuotaExceededError), ("SOMETHING_NEW", CrmPermanentApiError)],
+     ("INTERNAL_SERVER_ERROR", CrmInternalServerError), ("TOO_MANY_REQUESTS", CrmRateLimitError),
+     # Pipefy's e-mail sending limit, not the monthly API quota (api-notes, "Checked against public evidence")
+     ("USAGE_LIMIT_EXCEEDED", CrmPlanLimitError), ("SOMETHING_NEW", CrmPermanentApiError)],
 )
 def test_pipefy_error_codes_map_to_types_keeping_message_and_correlation_id(code, cls):
     err = pipefy_error([{"message": "Card not found with id: 1", "extensions": {"code": code,
@@ -155,3 +157,57 @@ def test_pipefy_relay_pagination_requests_at_most_50(monkeypatch):
     bodies = [json.loads(c.request.body) for c in responses.calls]
     assert all(b["variables"]["first"] == 50 for b in bodies)
     assert bodies[1]["variables"]["after"] == "opaque=="
+
+
+PIPEFY_URL = "https://pipefy.test/graphql"
+
+
+@pytest.fixture
+def pipefy_conn(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PIPEFY_ERRORS", json.dumps({
+        "conn_type": "pipefy", "host": PIPEFY_URL, "password": "tok-errors-5e1d", "extra": {"rate_limit_store": "memory"}}))
+    from airflow_provider_crm.hooks.pipefy import PipefyHook
+
+    return PipefyHook("pipefy_errors")
+
+
+@responses.activate
+@pytest.mark.parametrize(("body", "status", "cls", "text"), [
+    ({"error": "invalid_token"}, 200, CrmAuthError, "Connection 'pipefy_errors'"),
+    ({"error": "invalid_token"}, 401, CrmAuthError, "pipefy_errors"),
+    ({"error": {"message": "Permission denied", "details": {"code": "PERMISSION_DENIED",
+                                                            "correlation_id": "c-77"}}}, 200, CrmPermissionError, "c-77"),
+])
+def test_pipefy_singular_error_answers_are_typed(pipefy_conn, body, status, cls, text):
+    """Pipefy answers some failures with a top-level `error` (not `errors`), even with HTTP 200."""
+    responses.post(PIPEFY_URL, json=body, status=status)
+    with pytest.raises(cls) as caught:
+        pipefy_conn.get_card("1")
+    assert text in str(caught.value) and "tok-errors" not in str(caught.value)
+
+
+INTERNAL = {"data": None, "errors": [{"message": "Something went wrong", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
+
+
+@responses.activate
+def test_pipefy_internal_server_error_is_retried_once_for_a_read(pipefy_conn, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    for _ in range(3):
+        responses.post(PIPEFY_URL, json=INTERNAL)
+    with pytest.raises(CrmInternalServerError):
+        pipefy_conn.get_card("1")
+    assert len(responses.calls) == 2  # the first try and one retry, not five
+
+
+@responses.activate
+def test_pipefy_internal_server_error_is_never_retried_for_a_create(pipefy_conn, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    fields = {"data": {"pipe": {"id": "1", "start_form_fields": [], "phases": []}}}
+    responses.post(PIPEFY_URL, json=fields)
+    responses.post(PIPEFY_URL, json=INTERNAL)
+    responses.post(PIPEFY_URL, json={"data": {"createCard": {"card": {"id": "9"}}}})
+    with pytest.raises(CrmError):
+        pipefy_conn.create_card("1", title="once")
+    creates = [c for c in responses.calls if b"createCard" in (c.request.body or b"")]
+    assert len(creates) == 1
+
