@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from graphql import (
     DocumentNode,
@@ -767,7 +768,9 @@ class Root(Ctx):
         name = str(input["fileName"]).replace("/", "_")
         key = f"orgs/{input['organizationId']}/uploads/{uuid.uuid4()}/{name}"
         self.service.uploads[key] = {"expires": self.now + UPLOAD_URL_SECONDS, "data": None, "length": length}
-        url = f"{self.service.base_url}/pipefy/_uploads/{key}"
+        # percent-encoded, as the storage service's presigned URLs are (api-notes: the field value is
+        # the URL-decoded path, so names with spaces or accents must be decoded by the client)
+        url = f"{self.service.base_url}/pipefy/_uploads/{quote(key)}"
         return self._with_id({"url": url, "downloadUrl": url}, input)
 
 

@@ -10,7 +10,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, cast
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 import requests
@@ -916,9 +916,10 @@ class PipefyHook(BaseHook):
         if resp.status_code >= 400:
             raise CrmTransientApiError(f"upload of {file_name} refused (HTTP {resp.status_code})", service="pipefy",
                                        status=resp.status_code)
-        # the field value is the storage path "orgs/<uuid>/uploads/<uuid>/<name>"
-        path = url.split("?", 1)[0]
-        return path[path.index("orgs/"):] if "orgs/" in path else path
+        # the field value is the URL-decoded storage path "orgs/<uuid>/uploads/<uuid>/<name>": a name with
+        # spaces or accents is percent-encoded in the URL (api-notes, "Checked against public evidence")
+        path = unquote(urlparse(url).path)
+        return path[path.index("orgs/"):] if "orgs/" in path else path.lstrip("/")
 
     def delete_table_record(self, record_id: str | int) -> bool:
         data = self.execute(DELETE_TABLE_RECORD, {"input": {"id": str(record_id)}}, write=True,

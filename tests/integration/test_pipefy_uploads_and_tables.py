@@ -17,6 +17,13 @@ def test_presigned_upload(connections, sandbox):
     assert requests.get(f"{sandbox.url}/pipefy/_uploads/{path}", timeout=10).content == b"%PDF-1.4 sandbox"
 
 
+def test_attachment_names_with_spaces_and_accents_are_stored_decoded(connections, sandbox):
+    name = "Contrato assinado é final.pdf"
+    path = PipefyHook().upload_attachment("org-1", name, b"%PDF-1.4 accents")
+    assert path.startswith("orgs/org-1/uploads/") and path.endswith(f"/{name}")
+    assert requests.get(f"{sandbox.url}/pipefy/_uploads/{path}", timeout=10).content == b"%PDF-1.4 accents"
+
+
 def test_table_records_find_update_and_set_field(connections):
     hook = PipefyHook()
     record = hook.create_table_record("401", fields={"Company": "Findable Ltd", "Tier": "Gold"})
