@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv lint test unit sandbox-tests integration e2e demo bench sandbox clean
+.PHONY: venv lint test unit sandbox-tests integration stress e2e demo bench sandbox clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -35,6 +35,10 @@ sandbox-tests: venv
 
 integration: venv
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+# the limiter under CPU load (tests/stress): 4 processes on one token beside 2 busy loops, 5 runs per store
+stress: venv
+	$(VENV)/bin/pytest tests/stress -m stress -s $(PYTEST_ARGS)
 
 e2e: venv
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
