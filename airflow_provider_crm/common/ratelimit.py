@@ -65,10 +65,18 @@ PIPEDRIVE_DAILY_WRITES = 10_000  # POST/PUT per user per UTC day with an API tok
 PIPEDRIVE_WINDOW_SECONDS = 2
 
 DEFAULT_SAFETY = 0.95  # stay this fraction under each window limit
-# Our windows are this much longer than the server's: requests are counted when they leave and the
-# server counts them when they arrive, a few ms later (20 ms at most, measured); a request late by more
-# than the guard could make the server see one more in its window than we allowed.
-ARRIVAL_GUARD_S = 0.05
+# Our windows are this much longer than the server's: a claim is stamped when it is committed and the
+# server counts the request when it arrives. In between: the rest of the claim's commit (CLAIM_DEADLINE_S
+# at most), the hook building and sending the request, the network and the server reaching its counter.
+# A request later than the guard could make the server see one more in its window than we allowed.
+# Measured with 4 processes and 2 CPU hogs on 2 cores (make stress, issue 15): claim to the sandbox's
+# counter took up to 93 ms (p99 71 ms), so the old 50 ms let 21 through; 150 ms costs ~5 % of the
+# Lite plan's throughput (19 per 2.15 s instead of per 2.05 s). See docs/rate-limits.md.
+ARRIVAL_GUARD_S = 0.15
+# A claim committed longer than this after its timestamp was read (a process descheduled between the
+# two) is stale: its slot would leave our window early. It stays (that only errs on the safe side) and
+# the request takes a fresh claim.
+CLAIM_DEADLINE_S = 0.02
 DEFAULT_MAX_WAIT = 120.0
 QUOTA_WARNING_RATIO = 0.8
 TOKEN_BUDGET = "daily token budget"  # Pipedrive's company-wide budget (x-daily-ratelimit-token-limit / -remaining)
@@ -137,6 +145,11 @@ class LimitStore(ABC):
 
     @abstractmethod
     def bucket(self, name: str, rates: list[Rate]) -> AbstractBucket: ...
+
+    def claim_lock(self, bucket: AbstractBucket) -> contextlib.AbstractContextManager[Any]:
+        """Held while a claim's time is read and the claim committed, where the store has such a lock
+        (the file store's); a Redis claim is one atomic script, checked for lateness instead."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def get(self, key: str) -> float: ...
@@ -226,6 +239,12 @@ class FileStore(LimitStore):
                     rates, table=f"b_{name}", db_path=self._db, use_file_lock=True
                 )
             return self._buckets[name]
+
+    def claim_lock(self, bucket: AbstractBucket) -> contextlib.AbstractContextManager[Any]:
+        # the bucket's own file lock (re-entrant in this thread, so its put() takes it again): the time
+        # is read after every other process's claim is committed, never before a wait for the lock
+        lock = getattr(bucket, "lock", None)
+        return lock if lock is not None else contextlib.nullcontext()
 
     def _read(self, key: str, now: float) -> float:
         row = self._conn.execute("SELECT value, expires FROM crm_values WHERE key = ?", (key,)).fetchone()
@@ -481,6 +500,7 @@ class RateLimiter:
         self._warned: set[str] = set()
         self._stated: dict[str, tuple[str, int | None]] = {}  # allowance -> (period, limit the server stated)
         self._acquired = 0
+        self.late_claims = 0  # claims taken again because they were committed too late (tests read it)
         self._buckets = {
             w.name: store.bucket(f"{service}_{key}_{w.name}", [Rate(w.limit, int((w.seconds + ARRIVAL_GUARD_S) * 1000))])
             for w in windows
@@ -545,27 +565,46 @@ class RateLimiter:
                          self.service, allowance.name, limit, allowance.limit, self.service)
         self.store.set(self._value_key(f"{allowance.name}:{period}"), max(0.0, limit - left), ttl)
 
-    def _spend(self, kind: str, cost: int) -> None:
-        for allowance in self.allowances:
-            limit = self._limit(allowance)
-            if limit is None or kind not in allowance.kinds:
-                continue
-            amount = cost if allowance.by_cost else 1
-            period, ttl = self._period_id(allowance.period)
-            used_before = self._allowance_used(allowance)
-            if used_before + amount > limit:
-                self._refuse(allowance, limit, used_before, amount)
-            used = self.store.add(self._value_key(f"{allowance.name}:{period}"), amount, ttl)
-            if used > limit:
-                # another process got there first
-                self.store.add(self._value_key(f"{allowance.name}:{period}"), -amount, ttl)
-                self._refuse(allowance, limit, used - amount, amount)
-            if used >= QUOTA_WARNING_RATIO * limit and allowance.name not in self._warned:
-                self._warned.add(allowance.name)
-                log.warning(
-                    "%s %s: %d of %d used this %s (%.0f%%)",
-                    self.service, allowance.name, used, limit, allowance.period, 100 * used / limit,
-                )
+    def _spend(self, kind: str, cost: int) -> list[tuple[str, int, float]]:
+        """Spend the allowances this request uses; return what was spent, for :meth:`_refund`."""
+        spent: list[tuple[str, int, float]] = []
+        try:
+            for allowance in self.allowances:
+                self._spend_one(allowance, kind, cost, spent)
+        except BaseException:
+            self._refund(spent)
+            raise
+        return spent
+
+    def _refund(self, spent: list[tuple[str, int, float]]) -> None:
+        for key, amount, ttl in spent:
+            try:
+                self.store.add(key, -amount, ttl)
+            except Exception:  # pragma: no cover - the store failed while we were already failing
+                log.debug("refund of %s failed", key, exc_info=True)
+
+    def _spend_one(self, allowance: Allowance, kind: str, cost: int, spent: list[tuple[str, int, float]]) -> None:
+        limit = self._limit(allowance)
+        if limit is None or kind not in allowance.kinds:
+            return
+        amount = cost if allowance.by_cost else 1
+        period, ttl = self._period_id(allowance.period)
+        key = self._value_key(f"{allowance.name}:{period}")
+        used_before = self._allowance_used(allowance)
+        if used_before + amount > limit:
+            self._refuse(allowance, limit, used_before, amount)
+        used = self.store.add(key, amount, ttl)
+        if used > limit:
+            # another process got there first
+            self.store.add(key, -amount, ttl)
+            self._refuse(allowance, limit, used - amount, amount)
+        spent.append((key, amount, ttl))
+        if used >= QUOTA_WARNING_RATIO * limit and allowance.name not in self._warned:
+            self._warned.add(allowance.name)
+            log.warning(
+                "%s %s: %d of %d used this %s (%.0f%%)",
+                self.service, allowance.name, used, limit, allowance.period, 100 * used / limit,
+            )
 
     def _refuse(self, allowance: Allowance, limit: int, used: float, amount: int) -> None:
         source = f"stated by {self.service}" if limit != allowance.limit else f"plan {self.plan!r}"
@@ -608,8 +647,20 @@ class RateLimiter:
                 if kind not in window.kinds:
                     continue
                 bucket = self._buckets[window.name]
-                item = RateItem(window.name, int(time.time() * 1000), 1)
-                decision = bucket.put_decision(item)
+                while True:
+                    with self.store.claim_lock(bucket):
+                        claimed = time.time()  # read under the store's lock, when it has one
+                        item = RateItem(window.name, int(claimed * 1000), 1)
+                        decision = bucket.put_decision(item)
+                    if not decision.allowed:  # type: ignore[union-attr]
+                        break
+                    late = time.time() - claimed
+                    if late <= CLAIM_DEADLINE_S:
+                        break
+                    # committed too long after its time was read: that claim leaves our window early
+                    # (it stays, which only errs on the safe side); take a fresh one
+                    self.late_claims += 1
+                    log.debug("%s rate limit: claim committed %.0f ms late, claiming again", self.service, late * 1000)
                 if decision.allowed:  # type: ignore[union-attr]
                     continue
                 wait_ms = decision.retry_after_ms  # type: ignore[union-attr]
@@ -637,27 +688,41 @@ class RateLimiter:
         return wait
 
     def before_request(self, kind: str = "read", cost: int = 1) -> None:
-        """Block until the request may go; spend quotas. Raises instead of waiting too long."""
-        waited = 0.0
-        while True:
-            wait = self._next_wait(kind, waited)
-            if wait <= 0:
-                break
-            time.sleep(wait)
-            waited += wait
-        self._spend(kind, cost)
+        """Block until the request may go; spend quotas. Raises instead of waiting too long.
+
+        Quotas are spent first and the window slot is claimed last, so the request leaves right after
+        its claim is committed: spending after the claim (two more store writes, each behind the
+        values' file lock) held requests back up to 300 ms on a loaded machine, and their slots left
+        our window that much before they reached the server's (issue 15). A request that does not
+        go (a refusal, a wait too long) gives its quotas back."""
+        spent = self._spend(kind, cost)
+        try:
+            waited = 0.0
+            while True:
+                wait = self._next_wait(kind, waited)
+                if wait <= 0:
+                    break
+                time.sleep(wait)
+                waited += wait
+        except BaseException:
+            self._refund(spent)
+            raise
         self.stats.requests += 1
 
     async def before_request_async(self, kind: str = "read", cost: int = 1) -> None:
         """As :meth:`before_request`, without blocking the event loop (store I/O runs in a thread)."""
-        waited = 0.0
-        while True:
-            wait = await asyncio.to_thread(self._next_wait, kind, waited)
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-            waited += wait
-        await asyncio.to_thread(self._spend, kind, cost)
+        spent = await asyncio.to_thread(self._spend, kind, cost)
+        try:
+            waited = 0.0
+            while True:
+                wait = await asyncio.to_thread(self._next_wait, kind, waited)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+                waited += wait
+        except BaseException:
+            self._refund(spent)
+            raise
         self.stats.requests += 1
 
     # -- listening to answers -------------------------------------------------------------------------
