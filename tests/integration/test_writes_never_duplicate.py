@@ -28,7 +28,6 @@ from airflow_provider_crm.operators.pipefy import (
     PipefyMoveCardOperator,
     PipefyUpsertCardsOperator,
 )
-from tests.integration.test_ratelimit_processes import redis_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
