@@ -5,10 +5,8 @@ import json
 import pytest
 
 
-@pytest.fixture
-def connections(monkeypatch, sandbox):
-    """Both default connections pointed at the sandbox, each test with its own in-memory limiter."""
-    info = sandbox.info()
+def point_connections(monkeypatch: pytest.MonkeyPatch, info: dict) -> dict:
+    """Both default connections pointed at a sandbox (its ``info()``), each with an in-memory limiter."""
     monkeypatch.setenv("AIRFLOW_CONN_PIPEFY_DEFAULT", json.dumps({
         "conn_type": "pipefy", "host": info["pipefy_url"], "password": "sandbox-pipefy-token",
         "extra": {"rate_limit_store": "memory"}}))
@@ -16,6 +14,12 @@ def connections(monkeypatch, sandbox):
         "conn_type": "pipedrive", "host": info["pipedrive_url"], "password": "sandbox-pipedrive-token",
         "extra": {"rate_limit_store": "memory", "plan": "ultimate", "seats": 5}}))
     return info
+
+
+@pytest.fixture
+def connections(monkeypatch, sandbox):
+    """Both default connections pointed at the sandbox, each test with its own in-memory limiter."""
+    return point_connections(monkeypatch, sandbox.info())
 
 
 class FakeTI:

@@ -14,6 +14,7 @@ from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHo
 from airflow_provider_crm.hooks.pipefy import ME, PipefyHook
 from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
 from airflow_provider_crm.operators.pipefy import PipefyExportCardsOperator
+from tests.integration.conftest import point_connections
 
 pytestmark = pytest.mark.integration
 
@@ -62,13 +63,7 @@ def test_truncated_answers_are_retried_in_the_task_sync_and_async(connections, s
 def test_exports_complete_exactly_under_truncated_answers(make_sandbox, monkeypatch, context, tmp_path):
     """1 % of all answers cut short (a sandbox of its own), plus a few planned ones on the lists themselves."""
     server = make_sandbox(truncate_rate=0.01)
-    info = server.info()
-    monkeypatch.setenv("AIRFLOW_CONN_PIPEFY_DEFAULT", json.dumps({
-        "conn_type": "pipefy", "host": info["pipefy_url"], "password": "sandbox-pipefy-token",
-        "extra": {"rate_limit_store": "memory"}}))
-    monkeypatch.setenv("AIRFLOW_CONN_PIPEDRIVE_DEFAULT", json.dumps({
-        "conn_type": "pipedrive", "host": info["pipedrive_url"], "password": "sandbox-pipedrive-token",
-        "extra": {"rate_limit_store": "memory", "plan": "ultimate", "seats": 5}}))
+    point_connections(monkeypatch, server.info())
     live_deals = sorted(d["id"] for d in requests.get(f"{server.url}/pipedrive/_state/deals", timeout=10).json()
                         if not d.get("is_deleted") and not d.get("is_archived"))
     live_cards = sorted(c["id"] for c in requests.get(f"{server.url}/pipefy/_state", timeout=10).json()["cards"]
