@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-PIPEDRIVE_BURST = {"lite": (20, 80), "growth": (40, 160), "premium": (100, 400), "ultimate": (120, 480)}
-PIPEDRIVE_SEARCH_PER_2S = 10
-PIPEFY_PER_30S = 500
+from airflow_provider_crm.clients.pipedrive.policy import BURST as PIPEDRIVE_BURST
+from airflow_provider_crm.clients.pipedrive.policy import SEARCH_PER_2S as PIPEDRIVE_SEARCH_PER_2S
+from airflow_provider_crm.clients.pipefy.policy import REQUESTS_PER_WINDOW as PIPEFY_PER_30S
+
+__all__ = ["PIPEDRIVE_BURST", "PIPEDRIVE_SEARCH_PER_2S", "PIPEFY_PER_30S", "Ceiling"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from airflow_provider_crm.common.errors import (
     CrmRateLimitError,
     CrmTransientApiError,
 )
-from airflow_provider_crm.common.ratelimit import LimiterStats
+from airflow_provider_crm.common.ratelimit.limiter import LimiterStats
 from airflow_provider_crm.common.retry import call_with_retries
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import httpx
 import requests
 from airflow.providers.common.compat.sdk import BaseHook
 
+from airflow_provider_crm.clients.pipedrive.policy import PLANS, normalise_plan, pipedrive_policy, token_cost
 from airflow_provider_crm.common import connection_form, http, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
@@ -29,14 +30,7 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
-from airflow_provider_crm.common.ratelimit import (
-    PIPEDRIVE_BURST,
-    PIPEDRIVE_PLAN_ALIASES,
-    RateLimiter,
-    build_limiter,
-    normalise_pipedrive_plan,
-    pipedrive_token_cost,
-)
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter, build_limiter
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
@@ -379,7 +373,6 @@ class PipedriveHook(BaseHook):
         if host and "://" not in host:
             host = f"https://{host}"
         default_base = f"https://{domain}.pipedrive.com" if domain else DEFAULT_BASE_URL
-        plans = (*PIPEDRIVE_BURST, *PIPEDRIVE_PLAN_ALIASES)
         return {
             "host_given": bool(host),
             "base_url": reader.url("host", host, default_base),
@@ -388,7 +381,7 @@ class PipedriveHook(BaseHook):
             "auth_type": "oauth" if oauth["client_id"] else "token",
             "oauth_token_url": reader.url("oauth_token_url", reader.text("oauth_token_url"), DEFAULT_OAUTH_TOKEN_URL),
             "company_domain": domain,
-            "plan": normalise_pipedrive_plan(reader.choice("plan", plans, "lite")),
+            "plan": normalise_plan(reader.choice("plan", PLANS, "lite")),
             "seats": reader.positive_int("seats") or 1,
             "requests_per_2s": reader.positive_int("requests_per_2s"),
             "daily_token_budget": reader.positive_int("daily_token_budget"),
@@ -405,11 +398,10 @@ class PipedriveHook(BaseHook):
     def limiter(self) -> RateLimiter:
         s = self.settings
         key = s["token"] if s["auth_type"] == "token" else f"oauth:{s['client_id']}:{s['refresh_token']}"
-        return build_limiter(
-            "pipedrive", key, plan=s["plan"], auth_type=s["auth_type"], seats=s["seats"], store=s["rate_limit_store"],
-            overrides={"requests_per_2s": s["requests_per_2s"], "daily_token_budget": s["daily_token_budget"]},
-            conn_id=self.pipedrive_conn_id,
-        )
+        policy = pipedrive_policy(
+            s["plan"], auth_type=s["auth_type"], seats=s["seats"], conn_id=self.pipedrive_conn_id,
+            overrides={"requests_per_2s": s["requests_per_2s"], "daily_token_budget": s["daily_token_budget"]})
+        return build_limiter(policy, key, store=s["rate_limit_store"], conn_id=self.pipedrive_conn_id)
 
     def get_conn(self) -> requests.Session:
         return self.session
@@ -537,7 +529,7 @@ class PipedriveHook(BaseHook):
 
     def _request_once(self, method: str, version: str, path: str, params: dict[str, Any] | None,
                       json_body: Any, kind: str, lazy: bool = False) -> Any:
-        cost = pipedrive_token_cost(method, path, version)
+        cost = token_cost(method, path, version)
         self.limiter.before_request(kind=kind, cost=cost)
         what = f"{method} /api/{version}{path}"
         resp: requests.Response | None = None
@@ -923,7 +915,7 @@ class PipedriveAsyncHook(PipedriveHook):
         s = await self._asettings()
         path = f"{info.path}/{record_id}"
         what = f"GET /api/{info.version}{path}"
-        await self.limiter.before_request_async(kind="read", cost=pipedrive_token_cost("GET", path, info.version))
+        await self.limiter.before_request_async(kind="read", cost=token_cost("GET", path, info.version))
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = await self._aauth_headers(client, force_refresh=attempt == 2)

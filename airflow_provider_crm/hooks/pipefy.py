@@ -17,6 +17,7 @@ import requests
 from airflow.providers.common.compat.sdk import BaseHook
 from graphql import DocumentNode, parse, print_ast
 
+from airflow_provider_crm.clients.pipefy.policy import PLANS, pipefy_policy
 from airflow_provider_crm.common import connection_form, http, jsoncodec
 from airflow_provider_crm.common.errors import (
     CrmApiError,
@@ -33,7 +34,7 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
-from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA, RateLimiter, build_limiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter, build_limiter
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 from airflow_provider_crm.common.settings import ConnectionReader
@@ -460,7 +461,7 @@ class PipefyHook(BaseHook):
             "client_id": client_id,
             "client_secret": client_secret,
             "oauth_token_url": reader.url("oauth_token_url", reader.text("oauth_token_url"), DEFAULT_OAUTH_TOKEN_URL),
-            "plan": reader.choice("plan", tuple(PIPEFY_MONTHLY_QUOTA), "unlimited"),
+            "plan": reader.choice("plan", PLANS, "unlimited"),
             "requests_per_30s": reader.positive_int("requests_per_30s"),
             "monthly_quota": reader.positive_int("monthly_quota"),
             "rate_limit_store": reader.store(),
@@ -476,11 +477,9 @@ class PipefyHook(BaseHook):
         s = self.settings
         # the limit belongs to the credential: a service account is keyed by its client id
         key = s["token"] if not s["client_id"] else f"sa:{s['client_id']}"
-        return build_limiter(
-            "pipefy", key, plan=s["plan"], store=s["rate_limit_store"],
-            overrides={"requests_per_30s": s["requests_per_30s"], "monthly_quota": s["monthly_quota"]},
-            conn_id=self.pipefy_conn_id,
-        )
+        policy = pipefy_policy(s["plan"], conn_id=self.pipefy_conn_id,
+                               overrides={"requests_per_30s": s["requests_per_30s"], "monthly_quota": s["monthly_quota"]})
+        return build_limiter(policy, key, store=s["rate_limit_store"], conn_id=self.pipefy_conn_id)
 
     def get_conn(self) -> requests.Session:
         return self.session

@@ -1,0 +1,1 @@
+"""Pipefy GraphQL API client, with no Airflow imports."""
