@@ -16,7 +16,11 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_crm.sensors.base import CrmSensor
 from airflow_provider_crm.sensors.pipedrive import PipedriveDealSensor
-from airflow_provider_crm.sensors.pipefy import PipefyCardFailedError, PipefyCardPhaseSensor, PipefyPhaseSensor
+from airflow_provider_crm.sensors.pipefy import (
+    PipefyCardFailedError,
+    PipefyCardPhaseSensor,
+    PipefyPhaseSensor,
+)
 from airflow_provider_crm.triggers.pipedrive import PipedriveDealTrigger
 
 
