@@ -154,7 +154,7 @@ def upsert_one(steps: UpsertSteps, row: PreparedRow) -> tuple[str, Any]:
 
 def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 1.0) -> int:
     """How many rows to write at once by default: enough to keep the plan's write allowance busy when a
-    write takes up to ``write_seconds``, never more than ``cap`` (or 16). The limiter, not this
+    write takes up to ``write_seconds``, never more than ``cap`` (or 32). The limiter, not this
     number, holds the rate, so asking for more rows in flight than the window admits costs only waits.
     """
     rates = [w.limit / w.seconds for w in limiter.windows if "write" in w.kinds]
@@ -162,7 +162,8 @@ def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 
     return max(1, min(cap or MAX_UPSERT_WORKERS, math.ceil(per_second * write_seconds)))
 
 
-MAX_UPSERT_WORKERS = 16
+# the hooks' HTTP connection pool per host (common/http.py POOL_SIZE): more threads would queue for it
+MAX_UPSERT_WORKERS = 32
 
 
 def run_upsert(rows: Iterable[dict[str, Any]], steps: UpsertSteps, report: UpsertReport, progress: Any,

@@ -190,7 +190,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         ``index_from_rows`` rows up, else ``search``.
     :param index_from_rows: the row count from which ``auto`` indexes.
     :param max_workers: most rows written at once (never two with the same key). Default: enough to
-        keep the plan's write allowance busy, at most 16; the rate limiter holds the rate either way.
+        keep the plan's write allowance busy, at most 32; the rate limiter holds the rate either way.
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 

@@ -270,7 +270,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     :param rejects_path: JSON Lines file for rows that failed, with the error.
     :param max_failure_ratio: fail the task when more than this fraction of rows failed (0: any failure).
     :param max_workers: most rows written at once (never two with the same key). Default: enough to
-        keep the plan's request window busy, at most 16; the rate limiter holds the rate either way.
+        keep the plan's request window busy, at most 32; the rate limiter holds the rate either way.
     :param pipefy_conn_id: the Pipefy connection.
     """
 

@@ -117,7 +117,7 @@ def test_a_bad_row_is_rejected_and_a_bug_stops_the_task(tmp_path):
 
 @pytest.mark.parametrize(("service", "plan", "overrides", "expected"), [
     ("pipedrive", "lite", {}, 10),  # 19 per 2 s after the safety margin: 10 a second
-    ("pipedrive", "ultimate", {}, 16),  # capped
+    ("pipedrive", "ultimate", {}, 32),  # 57 a second, capped at the connection pool
     ("pipefy", "unlimited", {"requests_per_30s": 30}, 1),  # one request a second allows one row at a time
 ])
 def test_default_workers_follow_the_plan(service, plan, overrides, expected):
