@@ -14,11 +14,11 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
-from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
+from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.common.writes import create_once
 from airflow_provider_crm.hooks.pipedrive import (
@@ -189,6 +189,8 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         someone else creates while the task runs are not seen. ``auto`` (default): ``index`` from
         ``index_from_rows`` rows up, else ``search``.
     :param index_from_rows: the row count from which ``auto`` indexes.
+    :param max_workers: most rows written at once (never two with the same key). Default: enough to
+        keep the plan's write allowance busy, at most 32; the rate limiter holds the rate either way.
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
@@ -196,7 +198,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
 
     def __init__(self, *, entity: str, rows: Any, key_field: str, rejects_path: str | ObjectStoragePath | None = None,
                  max_failure_ratio: float = 0.0, lookup: str = "auto", index_from_rows: int = 200,
-                 **kwargs: Any) -> None:
+                 max_workers: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if lookup not in ("auto", "search", "index"):
             raise CrmInputError(f"lookup must be auto, search or index, not {lookup!r}")
@@ -207,33 +209,46 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         self.max_failure_ratio = max_failure_ratio
         self.lookup = lookup
         self.index_from_rows = index_from_rows
-        self._index: dict[str, dict[str, Any]] | None = None
+        self.max_workers = max_workers
 
     def execute(self, context: Any) -> dict[str, Any]:
         entity_info(self.entity)
         report = UpsertReport(self.rejects_path, task_label=f"{self.entity} upsert")
         rows = list(read_rows(self.rows))
+        index = None
         if self.lookup == "index" or (self.lookup == "auto" and len(rows) >= self.index_from_rows):
-            self._index = self.hook.index_by(self.entity, self.key_field)
-            self.log.info("Indexed %d %s by %s for %d rows", len(self._index), self.entity, self.key_field, len(rows))
+            index = self.hook.index_by(self.entity, self.key_field)
+            self.log.info("Indexed %d %s by %s for %d rows", len(index), self.entity, self.key_field, len(rows))
         limiter = self.hook.limiter
-        self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s); rate limit: %s", len(rows), self.entity,
-                      self.key_field, "index" if self._index is not None else "search", describe_limits(limiter))
+        workers = upsert_workers(limiter, self.max_workers)
+        self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s), %d at a time; rate limit: %s", len(rows),
+                      self.entity, self.key_field, "index" if index is not None else "search", workers,
+                      describe_limits(limiter))
         progress = Progress(self.log, "rows", total=len(rows), stats=limiter.stats, detail=report.describe)
-        for index, row in enumerate(rows, start=1):
-            try:
-                outcome, record_id = self._upsert_row(row)
-                report.record(outcome, record_id)
-            except CrmError as err:
-                report.reject(index, row, err)
-            progress.add()
+        run_upsert(rows, _PipedriveUpsertSteps(self.hook, self.entity, self.key_field, index), report, progress,
+                   workers=workers)
         progress.done(report.describe())
         summary = self.summary(entity=self.entity, **report.summary())
         self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
 
-    def _upsert_row(self, row: dict[str, Any]) -> tuple[str, Any]:
+
+class _PipedriveUpsertSteps:
+    """How a Pipedrive row is found, compared, created and updated (common/upsert.py runs the loop).
+
+    :param index: records by key (``lookup="index"``), kept current as rows are written; None: each new
+        key is searched for under its claim.
+    """
+
+    def __init__(self, hook: PipedriveHook, entity: str, key_field: str,
+                 index: dict[str, dict[str, Any]] | None) -> None:
+        self.hook = hook
+        self.entity = entity
+        self.key_field = key_field
+        self.index = index
+
+    def prepare(self, row: dict[str, Any]) -> PreparedRow:
         # the key as Pipedrive keeps it (emails lower-cased, text trimmed), once: the lookup, the index,
         # the create's own lookup and the record written all use this value
         key_value = normalise_key(self.key_field, _key_value(row.get(self.key_field)))
@@ -247,25 +262,37 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         if self.entity == "persons" and isinstance(data.get("phone"), str):
             data["phones"] = [{"value": data.pop("phone"), "primary": True, "label": "work"}]
         body = self.hook.encode_record(self.entity, data)  # validates names before any write
-        existing = self._index.get(match_key(key_value)) if self._index is not None else None
-        if existing is None:
-            # Under the key's claim (shared with every process using this store): the record another
-            # writer created meanwhile, else a fresh search (search lookup), else a create.
-            existing, created = create_keyed(self.hook, self.entity, self.key_field, key_value, data,
-                                             trust_absent=self._index is not None)
-            self._remember(existing, key_value)
-            if created:
-                return "created", existing["id"]
-        if _unchanged(existing, body):
-            return "unchanged", existing["id"]
-        updated = self.hook.update(self.entity, existing["id"], data)
-        self._remember(updated if isinstance(updated, dict) and updated.get("id") else existing, key_value)
-        return "updated", existing["id"]
+        return PreparedRow(match_key(key_value), (key_value, data, body))
 
-    def _remember(self, record: dict[str, Any], key_value: Any) -> None:
+    def find(self, row: PreparedRow) -> dict[str, Any] | None:
+        return self.index.get(str(row.key)) if self.index is not None else None
+
+    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
+        # Under the key's claim (shared with every process using this store): the record another
+        # writer created meanwhile, else a fresh search (search lookup), else a create.
+        key_value, data, _ = row.payload
+        record, created = create_keyed(self.hook, self.entity, self.key_field, key_value, data,
+                                       trust_absent=self.index is not None)
+        self._remember(record, row)
+        return record, created
+
+    def changes(self, record: dict[str, Any], row: PreparedRow) -> bool:
+        return not _unchanged(record, row.payload[2])
+
+    def update(self, record: dict[str, Any], changes: Any, row: PreparedRow) -> None:
+        updated = self.hook.update(self.entity, record["id"], row.payload[1])
+        self._remember(updated if isinstance(updated, dict) and updated.get("id") else record, row)
+
+    def finish(self, record: dict[str, Any], row: PreparedRow, created: bool) -> None:
+        return None
+
+    def ident(self, record: dict[str, Any]) -> Any:
+        return record["id"]
+
+    def _remember(self, record: dict[str, Any], row: PreparedRow) -> None:
         """Keep the index current, so a later row with the same key updates instead of creating."""
-        if self._index is not None:
-            self._index[match_key(key_value)] = record
+        if self.index is not None:
+            self.index[str(row.key)] = record
 
 
 def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
@@ -490,7 +517,7 @@ class PipedriveExportOperator(_PipedriveOperator):
 
 
     def _balanced_records(self, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-        """The interval in ``slices`` parallel time slices, rebalanced as they run (common/slicing.py)."""
+        """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py)."""
         kinds = ["live"] + ["archived"] * self.include_archived + ["deleted"] * self.include_deleted
         first, last = int(start.timestamp()), int(end.timestamp())
         step = (last - first) / self.slices
