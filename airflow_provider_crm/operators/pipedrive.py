@@ -11,6 +11,14 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_info
+from airflow_provider_crm.clients.pipedrive.fields import (
+    FieldMap,
+    key_of,
+    match_key,
+    normalise_key,
+    record_keys,
+)
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
@@ -21,16 +29,7 @@ from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.common.writes import create_once
-from airflow_provider_crm.hooks.pipedrive import (
-    MAX_PAGE,
-    FieldMap,
-    PipedriveHook,
-    entity_info,
-    key_of,
-    match_key,
-    normalise_key,
-    record_keys,
-)
+from airflow_provider_crm.hooks.pipedrive import PipedriveHook
 from airflow_provider_crm.links import PipedriveRecordLink
 
 
@@ -106,7 +105,7 @@ def create_keyed(hook: PipedriveHook, entity: str, key_field: str, key_value: An
             return None
         return hook.find_one(entity, key_field, key_value)
 
-    name = claim_name("pipedrive", hook.settings["base_url"], entity, key_field.lower(), match_key(key_value))
+    name = claim_name("pipedrive", hook.base_url, entity, key_field.lower(), match_key(key_value))
     return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find,
                        create=lambda: hook.create(entity, data, key_field=key_field, key_value=key_value),
                        ident=lambda record: record["id"])
