@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_info
-from airflow_provider_crm.clients.pipedrive.fields import (
-    FieldMap,
-    key_of,
-    match_key,
-    normalise_key,
-    record_keys,
-)
-from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
+from airflow_provider_crm.clients.pipedrive.entities import entity_info
+from airflow_provider_crm.clients.pipedrive.exports import RangeReader, declared_columns, mark
+from airflow_provider_crm.clients.pipedrive.fields import key_of, match_key, normalise_key, record_keys
 from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
@@ -309,45 +301,6 @@ def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
     return True
 
 
-def _parse_update_time(value: Any) -> datetime | None:
-    """``update_time`` in v2 (RFC 3339), v1 (``YYYY-MM-DD HH:MM:SS`` UTC) or leads (with milliseconds)."""
-    if not value:
-        return None
-    text = str(value).strip().replace(" ", "T").replace("Z", "+00:00")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
-
-
-def _updated_at_or_after(record: dict[str, Any], until: datetime) -> bool:
-    moment = _parse_update_time(record.get("update_time"))
-    return moment is not None and moment.replace(microsecond=0) >= until
-
-
-def _unique_ids(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Offset pages can shift when a record enters the filtered set mid-export: never emit one twice."""
-    seen: set[Any] = set()
-    for record in records:
-        if record.get("id") in seen:
-            continue
-        seen.add(record.get("id"))
-        yield record
-
-
-def _v1_time(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class PipedriveExportOperator(_PipedriveOperator):
     """Export any entity to JSON Lines or CSV, streamed and written atomically.
 
@@ -423,132 +376,33 @@ class PipedriveExportOperator(_PipedriveOperator):
                       self.path, self.fmt, max(1, self.slices), describe_limits(limiter))
         progress = Progress(self.log, self.entity, stats=limiter.stats)
         counts = {"records": 0, "deleted": 0, "archived": 0}
-        self._slicing: dict[str, int] = {}
-        # the field definitions load while the first pages are on their way, not before them
-        definitions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-fields")
-        fmap_future = (definitions.submit(self.hook.field_map, self.entity)
-                       if self.rename_custom_fields and info.fields_endpoint and not window.empty else None)
-        fmap: FieldMap | None = None
+        reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
+                             include_deleted=self.include_deleted, slices=self.slices)
+        if self.rename_custom_fields and info.fields_endpoint and not window.empty:
+            reader.load_fields()  # the field definitions load while the first pages are on their way
         columns = None
         if self.fmt == "csv" and not self.fieldnames:
             # a stable CSV header: the entity's declared fields first (custom ones by name)
-            fmap = fmap_future.result() if fmap_future is not None else None
-            columns = _declared_columns(fmap, self.rename_custom_fields,
-                                        self.include_deleted, self.include_archived)
+            columns = declared_columns(reader.field_map(), self.rename_custom_fields, self.include_deleted,
+                                       self.include_archived)
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
-                                owner=task_label(self, context)) as writer, definitions:
-            for record in self._records(start, end) if not window.empty else ():
-                if fmap_future is not None and fmap is None:
-                    fmap = fmap_future.result()
-                deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
-                archived = bool(record.get("is_archived"))
-                if fmap is not None:
-                    record = fmap.rename_record(record, labels=self.option_labels)
-                if deleted:
-                    record["_deleted"] = True
-                    counts["deleted"] += 1
-                elif archived and self.include_archived:
-                    record["_archived"] = True
-                    counts["archived"] += 1
+                                owner=task_label(self, context)) as writer, reader:
+            for record in reader.records(start, end) if not window.empty else ():
+                record, counted = mark(record, reader.field_map(), labels=self.option_labels, archived_too=self.include_archived)
+                if counted != "records":
+                    counts[counted] += 1
                 writer.write(record)
                 progress.add()
         counts["records"] = writer.count
         progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        if self._slicing.get("splits"):
-            self.log.info("Slices rebalanced %d times while running", self._slicing["splits"])
+        if reader.stats.get("splits"):
+            self.log.info("Slices rebalanced %d times while running", reader.stats["splits"])
         emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path),
                                                  "range": window.as_dict()})
         summary = self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
         self.log.info("Summary:\n%s", summary_table(summary))
         return summary
-
-    def _filters(self, start: datetime | None, end: datetime | None, status: str | None = None) -> dict[str, Any]:
-        info = entity_info(self.entity)
-        filters: dict[str, Any] = {}
-        if start is not None:
-            filters["updated_since"] = _rfc3339(start) if info.version == "v2" else _v1_time(start)
-        if end is not None and info.server_side_until:
-            filters["updated_until"] = _rfc3339(end)
-        if "sort_by" in info.filters:
-            filters.update({"sort_by": "update_time", "sort_direction": "asc"})
-        elif "sort" in info.filters:
-            # offset pages in id order: a record updated while we page stays where it was
-            filters["sort"] = "id ASC"
-        if status:
-            filters["status"] = status
-        return filters
-
-    def _slice_records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        records = self._fetch(start, end)
-        info = entity_info(self.entity)
-        if info.pagination == "offset":
-            records = _unique_ids(records)
-        if end is not None and not info.server_side_until:
-            # the API takes updated_since only (v1 leads and notes, v2 products): apply the half-open end
-            # here, at the same second precision, or a record updated after `end` would come out twice
-            until = end.astimezone(timezone.utc).replace(microsecond=0)
-            records = (r for r in records if not _updated_at_or_after(r, until))
-        yield from records
-
-    def _fetch(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        yield from self.hook.iter_records(self.entity, **self._filters(start, end))
-        if self.include_archived:
-            yield from self.hook.iter_records(self.entity, archived=True, **self._filters(start, end))
-        if self.include_deleted:
-            yield from self.hook.iter_records(self.entity, **self._filters(start, end, "deleted"))
-
-    def _records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        if self.slices <= 1 or start is None or end is None:
-            yield from self._slice_records(start, end)
-            return
-        info = entity_info(self.entity)
-        if info.server_side_until and "sort_by" in info.filters:
-            yield from self._balanced_records(start, end)
-            return
-        step = (end - start) / self.slices
-        bounds = [(start + step * i, start + step * (i + 1) if i < self.slices - 1 else end)
-                  for i in range(self.slices)]
-        # whole seconds, so slice edges line up with the API's second-precision filters
-        bounds = [(a.replace(microsecond=0), b.replace(microsecond=0) if b != end else b) for a, b in bounds]
-        sources = [lambda a=a, b=b: self._slice_records(a, b) for a, b in bounds if b > a]
-        yield from merge_parallel(sources, self.slices, max_buffered=2000)
-
-
-    def _balanced_records(self, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-        """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py)."""
-        kinds = ["live"] + ["archived"] * self.include_archived + ["deleted"] * self.include_deleted
-        first, last = int(start.timestamp()), int(end.timestamp())
-        step = (last - first) / self.slices
-        cuts = [first + round(step * i) for i in range(self.slices)] + [last]
-        slices = [Slice(kind, a, b) for kind in kinds for a, b in itertools.pairwise(cuts) if b > a]
-
-        def fetch(kind: str, a: int, b: int) -> Iterator[dict[str, Any]]:
-            filters = self._filters(_from_epoch(a), _from_epoch(b), "deleted" if kind == "deleted" else None)
-            return self.hook.iter_records(self.entity, archived=kind == "archived", **filters)
-
-        yield from fetch_balanced(fetch, _update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
-                                  stats=self._slicing)
-
-
-def _declared_columns(fmap: FieldMap | None, by_name: bool, deleted: bool, archived: bool) -> list[str]:
-    columns = ["id"]
-    for definition in fmap.definitions if fmap is not None else []:
-        custom = definition.get("key") in fmap.by_key  # type: ignore[union-attr]
-        name = str(definition["name"] if custom and by_name else definition.get("key"))
-        if name not in columns:
-            columns.append(name)
-    return columns + ["_deleted"] * deleted + ["_archived"] * archived
-
-
-def _from_epoch(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
-
-
-def _update_epoch(record: dict[str, Any]) -> int | None:
-    moment = _parse_update_time(record.get("update_time"))
-    return None if moment is None else int(moment.timestamp())
-
 
 class PipedriveMailExportOperator(_PipedriveOperator):
     """Export the mail threads of a folder, each with its messages, to JSON Lines (streamed, atomic).
