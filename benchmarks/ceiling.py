@@ -25,7 +25,7 @@ from airflow_provider_crm.clients.pipedrive.policy import BURST as PIPEDRIVE_BUR
 from airflow_provider_crm.clients.pipedrive.policy import SEARCH_PER_2S as PIPEDRIVE_SEARCH_PER_2S
 from airflow_provider_crm.clients.pipefy.policy import REQUESTS_PER_WINDOW as PIPEFY_PER_30S
 
-__all__ = ["PIPEDRIVE_BURST", "PIPEDRIVE_SEARCH_PER_2S", "PIPEFY_PER_30S", "Ceiling"]
+__all__ = ["PIPEDRIVE_BURST", "PIPEDRIVE_SEARCH_PER_2S", "PIPEFY_PER_30S", "Ceiling", "plan_ceiling"]
 
 
 @dataclass(frozen=True)

@@ -167,16 +167,19 @@ def unique_ids(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield record
 
 
+def _utc(moment: datetime) -> datetime:
+    """The moment in UTC; a naive one is taken as UTC."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
 def v1_time(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    """A v1 filter's time: ``YYYY-MM-DD HH:MM:SS`` in UTC."""
+    return _utc(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A v2 filter's time: RFC 3339 in UTC, whole seconds."""
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def declared_columns(fmap: FieldMap | None, by_name: bool, deleted: bool, archived: bool) -> list[str]:
