@@ -13,7 +13,8 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError, CrmPermissionError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
+from airflow_provider_crm.common.fanin import merge_parallel
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers

@@ -14,7 +14,7 @@ from airflow_provider_crm.clients.pipedrive.client import PipedriveClient
 from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_info
 from airflow_provider_crm.clients.pipedrive.fields import FieldMap
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
-from airflow_provider_crm.common.export import merge_parallel
+from airflow_provider_crm.common.fanin import merge_parallel
 
 
 class RangeReader:
