@@ -118,6 +118,9 @@ ENTITIES: dict[str, Entity] = {
         Entity("users", "v1", int, "none", read_only=True),
     )
 }
+# the web app's list page of an entity (extra links of exports and upserts)
+WEB_LISTS = {"deals": "deals/list", "persons": "persons/list", "organizations": "organizations/list",
+             "activities": "activities/list", "products": "products/list", "leads": "leads/inbox"}
 # standard fields a write may carry besides those the field definitions list
 _STANDARD_FIELDS = frozenset({
     "title", "name", "value", "currency", "status", "stage_id", "pipeline_id", "owner_id", "person_id", "org_id",
@@ -418,18 +421,26 @@ class PipedriveHook(BaseHook):
     def web_url(self) -> str:
         """The web app's address for people: the company domain, else a company host (``host`` or the
         OAuth answer's ``api_domain``), else ``https://app.pipedrive.com``, which opens the signed-in
-        user's company."""
+        user's company. A base URL outside pipedrive.com (the sandbox) is its own web address."""
         domain = self.settings["company_domain"]
         if domain:
             return f"https://{domain}.pipedrive.com"
-        netloc = urlparse(self.settings["base_url"]).netloc.lower()
+        base = self.settings["base_url"].rstrip("/")
+        netloc = urlparse(base).netloc.lower()
         if netloc.endswith(".pipedrive.com") and netloc.split(".")[0] not in ("api", "oauth", "app"):
             return f"https://{netloc}"
+        if netloc and netloc != "pipedrive.com" and not netloc.endswith(".pipedrive.com"):
+            return base
         return "https://app.pipedrive.com"
 
     def record_url(self, entity: str, record_id: Any) -> str | None:
         info = ENTITIES.get(entity)
         return f"{self.web_url}/{info.web_path}/{record_id}" if info and info.web_path else None
+
+    def list_url(self, entity: str) -> str | None:
+        """The web app's list of an entity's records (``/deals/list``), or None when it has none."""
+        path = WEB_LISTS.get(entity)
+        return f"{self.web_url}/{path}" if path else None
 
     # -- auth --------------------------------------------------------------------------------------
     def _auth_headers(self, force_refresh: bool = False) -> dict[str, str]:
