@@ -121,8 +121,8 @@ def pipedrive_routes(service: Any) -> list[BaseRoute]:
 
         return Route(f"/{path}", page, methods=["GET"])
 
-    return ([record_page(p, e) for p, e in PIPEDRIVE_RECORD_PAGES.items()]
-            + [list_page(p, e) for p, e in PIPEDRIVE_LIST_PAGES.items()])
+    routes: list[BaseRoute] = [record_page(p, e) for p, e in PIPEDRIVE_RECORD_PAGES.items()]
+    return routes + [list_page(p, e) for p, e in PIPEDRIVE_LIST_PAGES.items()]
 
 
 # -- Pipefy -----------------------------------------------------------------------------------------
