@@ -14,6 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _rate(per_second: float) -> str:
+    """Items per second as a person reads them: "0.4/s" for a slow upsert, not "0/s"."""
+    return f"{per_second:,.1f}/s" if per_second < 10 else f"{per_second:,.0f}/s"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -61,7 +66,7 @@ class Progress:
         rate = self.count / elapsed
         parts = [f"{self.count:,} {self.what}" + (f" of ~{self.total:,} ({min(100, 100 * self.count // self.total)}%)"
                                                    if self.total else ""),
-                 f"{rate:,.0f}/s", f"elapsed {_duration(elapsed)}"]
+                 _rate(rate), f"elapsed {_duration(elapsed)}"]
         if self.total and rate > 0:
             parts.append(f"about {_duration(max(0, self.total - self.count) / rate)} left")
         if self.detail is not None:
@@ -73,8 +78,8 @@ class Progress:
 
     def done(self, where: str = "") -> None:
         elapsed = time.monotonic() - self.started
-        self.log.info("Done: %s %s in %s (%s/s)%s", f"{self.count:,}", self.what, _duration(elapsed),
-                      f"{self.count / max(elapsed, 1e-6):,.0f}", f", {where}" if where else "")
+        self.log.info("Done: %s %s in %s (%s)%s", f"{self.count:,}", self.what, _duration(elapsed),
+                      _rate(self.count / max(elapsed, 1e-6)), f", {where}" if where else "")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
