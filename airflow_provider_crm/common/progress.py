@@ -89,10 +89,19 @@ def summary_table(summary: dict[str, Any]) -> str:
     for key, value in summary.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            # rows of their own (an upsert's sample errors), each cut to a screen's width
+            pad = "\n" + " " * (width + 4)
+            items = [_cut(", ".join(f"{k}={v}" for k, v in item.items())) for item in value[:10]]
+            value = pad.join(items) + (f"{pad}... ({len(value)} in all)" if len(value) > 10 else "")
         elif isinstance(value, list):
             value = ", ".join(map(str, value[:10])) + (f" ... ({len(value)} in all)" if len(value) > 10 else "")
         lines.append(f"  {str(key).ljust(width)}  {value}")
     return "\n".join(lines)
+
+
+def _cut(text: str, width: int = 140) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def describe_limits(limiter: Any) -> str:

@@ -216,6 +216,8 @@ def test_upsert_log_shows_time_left(ui: UI, browser: Any):
     assert eta, f"no progress line with the time left in the upsert's log:\n{text[-3000:]}"
     table = text[text.index("Summary:"):]
     assert re.search(r"\bcreated\s+\d+", table) and re.search(r"\bupdated\s+\d+", table), table[:1500]
+    # a rejected row's reason on a line of its own, not a list of dicts running off the screen
+    assert "{'row'" not in table and re.search(r"row=\d+, error=", table), table[:1500]
     _no_secrets(browser)
     _shot(browser, "upsert-task-log")
 

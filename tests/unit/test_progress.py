@@ -59,3 +59,15 @@ def test_a_slow_rate_reads_with_a_decimal(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert ", 0.4/s, " in lines[0] and "about 15s left" in lines[0]
     assert lines[-1] == "Done: 5 rows in 12s (0.4/s)"
+
+
+def test_summary_rows_of_dicts_get_a_line_each_cut_to_the_screen():
+    """An upsert's sample errors were one dict-repr line running off the screen."""
+    long_reason = "persons: field 'Source': 'Newsletter' is not one of its options " + "x" * 200
+    table = summary_table({"failed": 2, "errors": [{"row": 4, "error": long_reason}, {"row": 5, "error": "bad"}]})
+    lines = table.splitlines()
+    assert lines[0] == "  failed  2"
+    assert lines[1].startswith("  errors  row=4, error=persons: field 'Source'") and lines[1].endswith("...")
+    assert len(lines[1]) <= 150
+    assert lines[2] == "          row=5, error=bad"
+    assert "{'row'" not in table
