@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 # Airflow versions the compatibility run proves: the newest 3.0.x (the oldest supported) and the newest
 COMPAT_AIRFLOW_VERSIONS ?= 3.0.6 3.3.2
 
-.PHONY: venv lint test stress unit sandbox-tests integration e2e demo bench sandbox compat clean
+.PHONY: venv lint test stress browser unit sandbox-tests integration e2e demo demo-ui bench sandbox compat clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -44,11 +44,21 @@ integration: venv
 stress: venv
 	$(VENV)/bin/pytest -m stress -s $(PYTEST_ARGS)
 
+# Airflow's UI in headless chromium (Debian chromium + chromium-driver, installed by .ci/run): task logs,
+# the connection Test button, an extra link; screenshots in build/screenshots (CRM_SCREENSHOTS)
+browser: venv
+	$(VENV)/bin/pytest -m browser tests/browser -s $(PYTEST_ARGS)
+
 e2e: venv
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py
+
+# the example DAGs in Airflow's UI against a sandbox (airflow standalone, port CRM_DEMO_UI_PORT or 8080),
+# until Ctrl+C: prints the URL and the login
+demo-ui: venv
+	$(PY) scripts/demo_ui.py
 
 bench: venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
@@ -61,4 +71,4 @@ compat:
 	$(PYTHON) scripts/compat.py $(COMPAT_AIRFLOW_VERSIONS)
 
 clean:
-	rm -rf $(VENV) .venv-compat-* .compat .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-compat-* .compat .demo .demo-ui build/screenshots .mypy_cache .ruff_cache .pytest_cache

@@ -132,6 +132,7 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_provider_crm.links.PipefyPipeLink",
             "airflow_provider_crm.links.PipefyTableLink",
             "airflow_provider_crm.links.PipedriveRecordLink",
+            "airflow_provider_crm.links.PipedriveListLink",
         ],
         "connection-types": [
             {

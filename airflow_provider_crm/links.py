@@ -43,3 +43,10 @@ class PipedriveRecordLink(_XComUrlLink):
 
     name = "Pipedrive record"
     xcom_key = "pipedrive_record_url"
+
+
+class PipedriveListLink(_XComUrlLink):
+    """Link to the Pipedrive list (deals, persons, organizations...) a task exported or upserted into."""
+
+    name = "Pipedrive list"
+    xcom_key = "pipedrive_list_url"

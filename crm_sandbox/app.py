@@ -2,6 +2,7 @@
 
 - ``/pipefy/graphql`` and ``/pipefy/oauth/token``
 - ``/pipedrive/api/v1/...``, ``/pipedrive/api/v2/...`` and ``/pipedrive/oauth/token``
+- read-only HTML pages where the provider's extra links point (``crm_sandbox/web.py``)
 - ``/_sandbox/...``: reset, counters, faults, clock, tokens (for tests and benchmarks; no auth)
 """
 
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from crm_sandbox.core import SandboxConfig, SandboxState, ScheduledFault
 from crm_sandbox.pipedrive import PipedriveService
 from crm_sandbox.pipefy import PipefyService
+from crm_sandbox.web import WEB_ROUTES
 
 SERVICES = {"pipefy": PipefyService, "pipedrive": PipedriveService}
 
@@ -244,7 +246,8 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     ]
     routes = [Mount("/_sandbox", routes=control)]
     for name, service in state.services.items():
-        routes.append(Mount(f"/{name}", routes=service.routes()))
+        # the read-only web pages first: Pipedrive's routes end with a catch-all 404
+        routes.append(Mount(f"/{name}", routes=WEB_ROUTES[name](service) + service.routes()))
     app = Starlette(routes=routes)
 
     app.state.sandbox = state

@@ -149,7 +149,7 @@ def main() -> int:
           f"{(BIN / 'airflow').relative_to(REPO)} standalone\n"
           f"  then open http://localhost:8080 (user admin; the password is in "
           f"{home}/simple_auth_manager_passwords.json.generated). Runs started from there need `make sandbox` "
-          "running and its connections.")
+          "running and its connections; `make demo-ui` starts Airflow, a sandbox and the connections in one go.")
     return 1 if failures or not dag_ids else 0
 
 

@@ -1,8 +1,9 @@
 """Screenshots of the provider in Airflow's UI, taken with headless Chromium (Debian's chromium and
-chromium-driver, plus `pip install selenium`).
+chromium-driver, plus `pip install selenium`), against an Airflow you run. `make browser`
+(tests/browser) starts its own Airflow, runs DAGs and asserts on what the pages show.
 
 Usage: python scripts/ui_screenshots.py http://127.0.0.1:8080 docs/screenshots [DAG_ID RUN_ID TASK_ID]
-Expects connections ``pipefy_sandbox`` and ``pipedrive_sandbox`` (port 0, see docs/connections.md)
+Expects connections ``pipefy_sandbox`` and ``pipedrive_sandbox`` (no port needed: see docs/connections.md)
 in an Airflow started with AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True and
 AIRFLOW__CORE__TEST_CONNECTION=Enabled.
 """

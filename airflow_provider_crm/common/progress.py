@@ -14,6 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _rate(per_second: float) -> str:
+    """Items per second as a person reads them: "0.4/s" for a slow upsert, not "0/s"."""
+    return f"{per_second:,.1f}/s" if per_second < 10 else f"{per_second:,.0f}/s"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -61,7 +66,7 @@ class Progress:
         rate = self.count / elapsed
         parts = [f"{self.count:,} {self.what}" + (f" of ~{self.total:,} ({min(100, 100 * self.count // self.total)}%)"
                                                    if self.total else ""),
-                 f"{rate:,.0f}/s", f"elapsed {_duration(elapsed)}"]
+                 _rate(rate), f"elapsed {_duration(elapsed)}"]
         if self.total and rate > 0:
             parts.append(f"about {_duration(max(0, self.total - self.count) / rate)} left")
         if self.detail is not None:
@@ -73,8 +78,8 @@ class Progress:
 
     def done(self, where: str = "") -> None:
         elapsed = time.monotonic() - self.started
-        self.log.info("Done: %s %s in %s (%s/s)%s", f"{self.count:,}", self.what, _duration(elapsed),
-                      f"{self.count / max(elapsed, 1e-6):,.0f}", f", {where}" if where else "")
+        self.log.info("Done: %s %s in %s (%s)%s", f"{self.count:,}", self.what, _duration(elapsed),
+                      _rate(self.count / max(elapsed, 1e-6)), f", {where}" if where else "")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -84,10 +89,19 @@ def summary_table(summary: dict[str, Any]) -> str:
     for key, value in summary.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            # rows of their own (an upsert's sample errors), each cut to a screen's width
+            pad = "\n" + " " * (width + 4)
+            items = [_cut(", ".join(f"{k}={v}" for k, v in item.items())) for item in value[:10]]
+            value = pad.join(items) + (f"{pad}... ({len(value)} in all)" if len(value) > 10 else "")
         elif isinstance(value, list):
             value = ", ".join(map(str, value[:10])) + (f" ... ({len(value)} in all)" if len(value) > 10 else "")
         lines.append(f"  {str(key).ljust(width)}  {value}")
     return "\n".join(lines)
+
+
+def _cut(text: str, width: int = 140) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def describe_limits(limiter: Any) -> str:

@@ -12,7 +12,7 @@ import requests
 from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_crm.clients.pipedrive.client import PipedriveAsyncClient, PipedriveClient
-from airflow_provider_crm.clients.pipedrive.entities import ENTITIES, MAX_PAGE, Entity, entity_info
+from airflow_provider_crm.clients.pipedrive.entities import ENTITIES, MAX_PAGE, WEB_LISTS, Entity, entity_info
 from airflow_provider_crm.clients.pipedrive.errors import pipedrive_error
 from airflow_provider_crm.clients.pipedrive.fields import (
     FieldMap,
@@ -168,17 +168,25 @@ class PipedriveHook(BaseHook):
     def web_url(self) -> str:
         """The web app's address for people: the company domain, else a company host (``host`` or the
         OAuth answer's ``api_domain``), else ``https://app.pipedrive.com``, which opens the signed-in
-        user's company."""
+        user's company. A base URL outside pipedrive.com (the sandbox) is its own web address."""
         if self.settings.company_domain:
             return f"https://{self.settings.company_domain}.pipedrive.com"
-        netloc = urlparse(self.base_url).netloc.lower()
+        base = self.base_url.rstrip("/")
+        netloc = urlparse(base).netloc.lower()
         if netloc.endswith(".pipedrive.com") and netloc.split(".")[0] not in ("api", "oauth", "app"):
             return f"https://{netloc}"
+        if netloc and netloc != "pipedrive.com" and not netloc.endswith(".pipedrive.com"):
+            return base
         return "https://app.pipedrive.com"
 
     def record_url(self, entity: str, record_id: Any) -> str | None:
         info = ENTITIES.get(entity)
         return f"{self.web_url}/{info.web_path}/{record_id}" if info and info.web_path else None
+
+    def list_url(self, entity: str) -> str | None:
+        """The web app's list of an entity's records (``/deals/list``), or None when it has none."""
+        path = WEB_LISTS.get(entity)
+        return f"{self.web_url}/{path}" if path else None
 
     def test_connection(self) -> tuple[bool, str]:
         try:

@@ -22,7 +22,7 @@ from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_up
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.common.writes import create_once
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook
-from airflow_provider_crm.links import PipedriveRecordLink
+from airflow_provider_crm.links import PipedriveListLink, PipedriveRecordLink
 
 
 class _PipedriveOperator(BaseOperator):
@@ -186,6 +186,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
     """
 
     template_fields: Sequence[str] = ("entity", "rows", "key_field", "rejects_path")
+    operator_extra_links = (PipedriveListLink(),)
 
     def __init__(self, *, entity: str, rows: Any, key_field: str, rejects_path: str | ObjectStoragePath | None = None,
                  max_failure_ratio: float = 0.0, lookup: str = "auto", index_from_rows: int = 200,
@@ -204,6 +205,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         entity_info(self.entity)
+        push_link(context, PipedriveListLink.xcom_key, self.hook.list_url(self.entity))
         report = UpsertReport(self.rejects_path, task_label=f"{self.entity} upsert")
         rows = list(read_rows(self.rows))
         index = None
@@ -343,6 +345,7 @@ class PipedriveExportOperator(_PipedriveOperator):
     """
 
     template_fields: Sequence[str] = ("entity", "path", "fmt", "start", "watermark_key")
+    operator_extra_links = (PipedriveListLink(),)
 
     def __init__(self, *, entity: str, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
                  start: str | datetime | None = None, settle_seconds: float = 10.0, watermark_key: str | None = None,
@@ -369,6 +372,7 @@ class PipedriveExportOperator(_PipedriveOperator):
         info = entity_info(self.entity)
         if (self.include_deleted or self.include_archived) and self.entity != "deals":
             raise CrmInputError(f"include_deleted / include_archived apply to deals only, not {self.entity}")
+        push_link(context, PipedriveListLink.xcom_key, self.hook.list_url(self.entity))
         window, watermark = plan_export(self, context, full=self.full, incremental=info.incremental,
                                         start=self.start, settle_seconds=self.settle_seconds,
                                         watermark_key=self.watermark_key)

@@ -98,7 +98,11 @@ def test_consecutive_incremental_runs_lose_nothing_and_repeat_nothing(connection
 
 def test_export_renames_custom_fields_and_option_labels(connections, context, tmp_path):
     path = tmp_path / "persons.csv"
-    PipedriveExportOperator(task_id="e", entity="persons", path=str(path), fmt="csv", full=True).execute(context())
+    ctx = context()
+    PipedriveExportOperator(task_id="e", entity="persons", path=str(path), fmt="csv", full=True).execute(ctx)
+    # the task's extra link: the persons list, a page the sandbox serves
+    link = ctx["ti"].xcom["pipedrive_list_url"]
+    assert link.endswith("/persons/list") and requests.get(link, timeout=10).status_code == 200
     header = path.read_text().splitlines()[0]
     assert "Source" in header and "Customer id" in header
     assert not any(len(col) == 40 for col in header.split(","))
@@ -127,8 +131,11 @@ def test_upsert_by_email_and_custom_field_no_duplicates(connections, context, sa
     rejects = tmp_path / "rejects.jsonl"
     op = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows, key_field="email",
                                  rejects_path=str(rejects), max_failure_ratio=0.5)
-    first = op.execute(context())
+    ctx = context()
+    first = op.execute(ctx)
     assert (first["created"], first["updated"], first["failed"]) == (1, 1, 1)
+    link = ctx["ti"].xcom["pipedrive_list_url"]
+    assert link.endswith("/persons/list") and "New One" in requests.get(link, timeout=10).text
     assert "'a lot' is not a number" in rejects.read_text()
     second = PipedriveUpsertOperator(task_id="u", entity="persons", rows=rows[:2], key_field="email").execute(
         context())

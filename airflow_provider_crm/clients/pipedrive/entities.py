@@ -80,6 +80,9 @@ ENTITIES: dict[str, Entity] = {
         Entity("users", "v1", int, "none", read_only=True),
     )
 }
+# the web app's list page of an entity (extra links of exports and upserts)
+WEB_LISTS = {"deals": "deals/list", "persons": "persons/list", "organizations": "organizations/list",
+             "activities": "activities/list", "products": "products/list", "leads": "leads/inbox"}
 # standard fields a write may carry besides those the field definitions list
 STANDARD_FIELDS = frozenset({
     "title", "name", "value", "currency", "status", "stage_id", "pipeline_id", "owner_id", "person_id", "org_id",

@@ -44,3 +44,30 @@ def test_summary_is_a_short_aligned_table():
         "  rate_limit  requests=3, waits=0",
         "  ids         0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ... (12 in all)",
     ]
+
+
+def test_a_slow_rate_reads_with_a_decimal(monkeypatch, caplog):
+    """An upsert at a few rows a second said "0/s"; now it says how slow."""
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    progress = Progress(logging.getLogger("t"), "rows", total=10, every=10)
+    with caplog.at_level(logging.INFO, logger="t"):
+        for _ in range(5):
+            now[0] += 2.5
+            progress.add()
+        progress.done()
+    lines = [r.getMessage() for r in caplog.records]
+    assert ", 0.4/s, " in lines[0] and "about 15s left" in lines[0]
+    assert lines[-1] == "Done: 5 rows in 12s (0.4/s)"
+
+
+def test_summary_rows_of_dicts_get_a_line_each_cut_to_the_screen():
+    """An upsert's sample errors were one dict-repr line running off the screen."""
+    long_reason = "persons: field 'Source': 'Newsletter' is not one of its options " + "x" * 200
+    table = summary_table({"failed": 2, "errors": [{"row": 4, "error": long_reason}, {"row": 5, "error": "bad"}]})
+    lines = table.splitlines()
+    assert lines[0] == "  failed  2"
+    assert lines[1].startswith("  errors  row=4, error=persons: field 'Source'") and lines[1].endswith("...")
+    assert len(lines[1]) <= 150
+    assert lines[2] == "          row=5, error=bad"
+    assert "{'row'" not in table

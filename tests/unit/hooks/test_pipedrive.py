@@ -128,6 +128,16 @@ def test_web_url_from_company_domain_or_host(monkeypatch):
     assert PipedriveHook("pd_a").record_url("persons", 5) == "https://acme.pipedrive.com/person/5"
     assert PipedriveHook("pd_b").record_url("deals", 5) == "https://globex.pipedrive.com/deal/5"
     assert PipedriveHook("pd_c").record_url("leads", "u-1") == "https://app.pipedrive.com/leads/inbox/u-1"
+    assert PipedriveHook("pd_a").list_url("deals") == "https://acme.pipedrive.com/deals/list"
+    assert PipedriveHook("pd_c").list_url("persons") == "https://app.pipedrive.com/persons/list"
+    assert PipedriveHook("pd_c").list_url("users") is None
+
+
+def test_web_url_of_a_host_outside_pipedrive_is_the_host(monkeypatch):
+    """The sandbox (or any base URL not on pipedrive.com) serves its own pages at the links."""
+    _conn(monkeypatch, "pd", password="t-123456", host="http://127.0.0.1:8765/pipedrive/")
+    assert PipedriveHook("pd").record_url("deals", 3) == "http://127.0.0.1:8765/pipedrive/deal/3"
+    assert PipedriveHook("pd").list_url("organizations") == "http://127.0.0.1:8765/pipedrive/organizations/list"
 
 
 def test_archived_list_only_for_deals(monkeypatch):
