@@ -94,8 +94,11 @@ class CeleryAirflow(StandaloneAirflow):
         )
 
     def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        # niced: the emulator stands for a service on machines of its own; on one small machine the
+        # Airflow processes would otherwise starve its event loop, and requests it counts late (an
+        # artefact of sharing the CPU, not of the limiter) would crowd into its next window
         with (self.logs / f"{name}.log").open("w") as log:
-            self.procs[name] = subprocess.Popen([AIRFLOW, *args], env={**self.env, **(env or {})}, stdout=log,
+            self.procs[name] = subprocess.Popen(["nice", "-n", "5", AIRFLOW, *args], env={**self.env, **(env or {})}, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def __enter__(self) -> CeleryAirflow:
@@ -156,7 +159,9 @@ def start_sandbox(root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     log = (root / "sandbox.log").open("w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("crm-sandbox")), "--port", "0", "--info-file", str(info_file),
-         "--deals", "3000", "--persons", "1500",
+         # several pages per export; rendered at start (--prerender), so that a page's first rendering
+         # does not hold up the emulator's event loop, and with it the counting of other requests
+         "--deals", "2000", "--persons", "1000", "--prerender",
          "--pipedrive-token", f"{PIPEDRIVE_TOKEN}=lite",
          "--pipefy-token", f"{PIPEFY_TOKEN}=unlimited", "--pipefy-token", f"{MOVER_TOKEN}=unlimited",
          "--pipefy-requests-per-window", str(PIPEFY_LIMIT), "--pipefy-window-seconds", "30"],
@@ -324,6 +329,9 @@ def test_no_429_and_never_over_a_window(report: dict[str, Any]):
     assert sum(s["waits"] for t, s in stats.items() if t.startswith("pd_")) > 0, stats
     assert sum(s["waits"] for t, s in stats.items() if t.startswith("pf_")) > 0, stats
     assert all(s["rate_limited"] == 0 for s in stats.values()), stats
+    # every Pipedrive request the sandbox counted went through the tasks' limiters (the triggerer's
+    # Pipefy polls are in no task's summary)
+    assert sum(s["requests"] for t, s in stats.items() if t.startswith("pd_")) == report["requests"]["pipedrive"]
 
 
 def test_exports_equal_the_sandbox(report: dict[str, Any]):
