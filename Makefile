@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 # Airflow versions the compatibility run proves: the newest 3.0.x (the oldest supported) and the newest
 COMPAT_AIRFLOW_VERSIONS ?= 3.0.6 3.3.2
 
-.PHONY: venv lint test stress browser unit sandbox-tests integration e2e demo demo-ui bench sandbox compat clean
+.PHONY: venv lint test stress browser celery unit sandbox-tests integration e2e demo demo-ui bench sandbox compat clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
@@ -48,6 +48,18 @@ stress: venv
 # the connection Test button, an extra link; screenshots in build/screenshots (CRM_SCREENSHOTS)
 browser: venv
 	$(VENV)/bin/pytest -m browser tests/browser -s $(PYTEST_ARGS)
+
+# Airflow's CeleryExecutor on loopback (tests/e2e/test_celery.py): redis-server, the sandbox, the scheduler,
+# dag-processor, api-server, triggerer and two Celery workers sharing one token through the Redis store;
+# about 4 minutes, kept out of make test. The Celery provider is the celery extra, added to the venv here.
+CELERY_STAMP := $(VENV)/.installed-celery-$(AIRFLOW_VERSION)
+
+$(CELERY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,redis,sandbox,celery]"
+	touch $(CELERY_STAMP)
+
+celery: $(CELERY_STAMP)
+	$(VENV)/bin/pytest -m celery -s tests/e2e/test_celery.py $(PYTEST_ARGS)
 
 e2e: venv
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)

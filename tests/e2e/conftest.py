@@ -64,14 +64,18 @@ def free_port() -> int:
 
 
 def sandbox_connections(info: dict[str, Any], pipefy_id: str = "pipefy_default",
-                        pipedrive_id: str = "pipedrive_default") -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables pointing two connection ids at a sandbox."""
+                        pipedrive_id: str = "pipedrive_default", *, pipefy_extra: dict[str, Any] | None = None,
+                        pipedrive_extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` variables pointing two connection ids at a sandbox (the sandbox's default
+    tokens; extras, e.g. a plan or a limit override, replace the defaults)."""
+    pipefy: dict[str, Any] = {"conn_type": "pipefy", "host": info["pipefy_url"], "password": "sandbox-pipefy-token"}
+    if pipefy_extra:
+        pipefy["extra"] = pipefy_extra
     return {
-        f"AIRFLOW_CONN_{pipefy_id.upper()}": json.dumps({"conn_type": "pipefy", "host": info["pipefy_url"],
-                                                         "password": "sandbox-pipefy-token"}),
+        f"AIRFLOW_CONN_{pipefy_id.upper()}": json.dumps(pipefy),
         f"AIRFLOW_CONN_{pipedrive_id.upper()}": json.dumps({
             "conn_type": "pipedrive", "host": info["pipedrive_url"], "password": "sandbox-pipedrive-token",
-            "extra": {"plan": "ultimate", "seats": 5}}),
+            "extra": pipedrive_extra or {"plan": "ultimate", "seats": 5}}),
     }
 
 
