@@ -29,7 +29,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts items and logs a progress line at most every ``every`` seconds.
+    """Counts items and logs a progress line every ``every`` seconds and, when the total is known, at
+    each quarter of it (so a short task that ends within ``every`` seconds still shows where it was).
 
     :param log: the task's logger.
     :param what: what is counted, plural (``deals``, ``rows``).
@@ -50,16 +51,18 @@ class Progress:
         self.count = 0
         self.started = time.monotonic()
         self._next = self.started + every
+        self._quarter = 0  # the last quarter of the total a line was logged for
         self._lock = threading.Lock()
 
     def add(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now >= self._next:
-            with self._lock:
-                if now >= self._next:
-                    self._next = now + self.every
-                    self.log.info("Progress: %s", self.line(now))
+        with self._lock:  # rows of an upsert are counted from several threads
+            self.count += n
+            now = time.monotonic()
+            quarter = 4 * self.count // self.total if self.total and self.count < self.total else 0
+            if now >= self._next or quarter > self._quarter:
+                self._next = now + self.every
+                self._quarter = max(self._quarter, quarter)
+                self.log.info("Progress: %s", self.line(now))
 
     def line(self, now: float | None = None) -> str:
         elapsed = max(1e-6, (now or time.monotonic()) - self.started)

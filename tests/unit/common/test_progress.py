@@ -57,7 +57,8 @@ def test_a_slow_rate_reads_with_a_decimal(monkeypatch, caplog):
             progress.add()
         progress.done()
     lines = [r.getMessage() for r in caplog.records]
-    assert ", 0.4/s, " in lines[0] and "about 15s left" in lines[0]
+    assert lines[0].startswith("Progress: 3 rows of ~10 (30%)")  # the first quarter passed, at 7.5 s
+    assert ", 0.4/s, " in lines[0] and "about 18s left" in lines[0]
     assert lines[-1] == "Done: 5 rows in 12s (0.4/s)"
 
 
@@ -71,3 +72,17 @@ def test_summary_rows_of_dicts_get_a_line_each_cut_to_the_screen():
     assert len(lines[1]) <= 150
     assert lines[2] == "          row=5, error=bad"
     assert "{'row'" not in table
+
+
+def test_a_short_task_with_a_known_total_logs_each_quarter(monkeypatch, caplog):
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    progress = Progress(logging.getLogger("t"), "rows", total=8, every=10)
+    with caplog.at_level(logging.INFO, logger="t"):
+        for _ in range(8):  # 4 s in all: never 10 s between lines
+            now[0] += 0.5
+            progress.add()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["Progress: 2 rows of ~8 (25%)", "Progress: 4 rows of ~8 (50%)",
+                                                      "Progress: 6 rows of ~8 (75%)"]
+    assert all("left" in line for line in lines)
