@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -10,23 +9,25 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.common.claims import claim_name, claims_for
+from airflow_provider_crm.clients.pipefy.pagination import pages_for
+from airflow_provider_crm.clients.pipefy.rows import (
+    CARD_COLUMNS,
+    RECORD_COLUMNS,
+    card_row,
+    columns,
+    record_row,
+)
+from airflow_provider_crm.clients.pipefy.rows import updated_within as _updated_within
+from airflow_provider_crm.clients.pipefy.values import machine_value, same_value, to_pipefy_value
+from airflow_provider_crm.clients.pipefy.writes import create_card_once
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
-from airflow_provider_crm.common.watermark import commit_export, plan_export, whole_second
-from airflow_provider_crm.common.writes import create_once
-from airflow_provider_crm.hooks.pipefy import (
-    PAGE_SIZE,
-    PipefyHook,
-    flatten_card_fields,
-    machine_value,
-    same_value,
-    to_pipefy_value,
-)
+from airflow_provider_crm.common.watermark import commit_export, plan_export
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
 
 
@@ -81,7 +82,7 @@ class PipefyCreateCardOperator(_PipefyOperator):
             # and under the key's claim a try overlapping this one (a zombie) cannot create it either
             key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
                                              f"pipe {self.pipe_id}")
-            card, created = create_card_once(self.hook, self.pipe_id, key, value, searched=False, create=create)
+            card, created = create_card_once(self.hook.client, self.pipe_id, key, value, searched=False, create=create)
             if not created:
                 self.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
         else:
@@ -381,40 +382,9 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
                      key_column: str) -> tuple[dict[str, Any], bool]:
         """The card whose key field holds ``key_value``: one another writer made meanwhile, else a new one."""
         return create_card_once(
-            self.hook, self.pipe_id, key, key_value, searched=True,
+            self.hook.client, self.pipe_id, key, key_value, searched=True,
             create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values,
                                                  key_field=self.field_map.get(key_column, key_column)))
-
-
-def create_card_once(hook: PipefyHook, pipe_id: str | int, key: dict[str, Any], key_value: Any, *,
-                     searched: bool, create: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """The card of ``pipe_id`` whose ``key`` field holds ``key_value``, created at most once whoever else
-    writes the same key at the same time (under the key's claim, common/writes.py ``create_once``).
-
-    :param searched: the caller has just searched (findCards) and found nothing: search again only
-        when a claim mark says a create of this key may have landed since.
-    """
-
-    def holds_key(card: dict[str, Any]) -> bool:
-        return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
-                   for item in card.get("fields") or [])
-
-    def recorded(card_id: str) -> dict[str, Any] | None:
-        try:
-            card = hook.get_card(card_id)
-        except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
-            return None
-        return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(pipe_id) else None
-
-    def find(suspect: bool) -> dict[str, Any] | None:
-        if searched and not suspect:  # nothing a moment ago, and no writer has marked the key since
-            return None
-        found = hook.find_cards(pipe_id, key["id"], key_value)
-        return found[0] if found else None
-
-    name = claim_name("pipefy", hook.settings["api_url"], pipe_id, key["id"], key_value)
-    return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
-                       ident=lambda card: card["id"])
 
 
 class PipefyExportCardsOperator(_PipefyOperator):
@@ -470,17 +440,17 @@ class PipefyExportCardsOperator(_PipefyOperator):
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
         if phase_list:  # each phase pages on its own: at least one call each
-            estimated_calls = sum(max(1, math.ceil((p.get("cards_count") or 0) / PAGE_SIZE)) for p in phase_list)
+            estimated_calls = sum(pages_for(p.get("cards_count") or 0, hook.page_size) for p in phase_list)
         else:
-            estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE))
+            estimated_calls = pages_for(cards_total, hook.page_size)
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting pipe %s (%s) cards updated in %s to %s: at most %d cards in %d calls; rate "
                       "limit: %s", pipe["name"], self.pipe_id, window.describe(), self.path, cards_total,
                       estimated_calls, describe_limits(hook.limiter))
-        columns = self._columns(pipe) if self.fmt == "csv" else None
+        header = columns(CARD_COLUMNS, self.hook.pipe_fields(self.pipe_id)) if self.fmt == "csv" else None
         # a whole-pipe read knows its total; an incremental one reads only the changed cards
         progress = Progress(self.log, "cards", total=cards_total if start is None else None, stats=hook.limiter.stats)
-        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
+        with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
             for card in self._cards(phase_list, start, end) if not window.empty else ():
                 writer.write(card_row(card))
                 progress.add()
@@ -509,41 +479,6 @@ class PipefyExportCardsOperator(_PipefyOperator):
 
         # phases in parallel within the shared rate limit; memory stays flat (bounded buffer)
         yield from merge_parallel([phase_source(p) for p in phases], self.max_workers, max_buffered=500)
-
-    def _columns(self, pipe: dict[str, Any]) -> list[str]:
-        fields = self.hook.pipe_fields(self.pipe_id)
-        columns = list(CARD_COLUMNS)
-        for field in fields:
-            for name in (field["label"], field["id"], f"{field['id']}__display"):
-                if name not in columns:
-                    columns.append(name)
-        return columns
-
-
-CARD_COLUMNS = ("id", "title", "phase_id", "phase", "pipe_id", "createdAt", "updated_at", "finished_at", "done",
-                "due_date", "assignees", "labels", "url")
-
-
-def card_row(card: dict[str, Any]) -> dict[str, Any]:
-    row = {
-        "id": card["id"], "title": card.get("title"),
-        "phase_id": (card.get("current_phase") or {}).get("id"), "phase": (card.get("current_phase") or {}).get("name"),
-        "pipe_id": (card.get("pipe") or {}).get("id"), "createdAt": card.get("createdAt"),
-        "updated_at": card.get("updated_at"), "finished_at": card.get("finished_at"), "done": card.get("done"),
-        "due_date": card.get("due_date"), "assignees": [a.get("email") or a.get("id") for a in card.get("assignees") or []],
-        "labels": [label.get("name") for label in card.get("labels") or []], "url": card.get("url"),
-    }
-    row.update(flatten_card_fields(card))
-    return row
-
-
-def _updated_within(card: dict[str, Any], start: datetime | None, end: datetime | None) -> bool:
-    """Whether ``updated_at`` is in ``[start, end)`` (``None``: unbounded), compared in whole seconds
-    as the API filters, so a card in the boundary second belongs to the later range only."""
-    if start is None and end is None:
-        return True
-    stamp = whole_second(datetime.fromisoformat(str(card["updated_at"]).replace("Z", "+00:00")))
-    return (start is None or stamp >= start) and (end is None or stamp < end)
 
 
 class PipefyExportTableRecordsOperator(_PipefyOperator):
@@ -590,19 +525,14 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
                                         settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
         start, end = window.start, window.end
         total = table.get("table_records_count") or 0
-        estimated_calls = max(1, math.ceil(total / PAGE_SIZE))
+        estimated_calls = pages_for(total, hook.page_size)
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting table %s (%s) records updated in %s to %s: %d records to read in about %d calls; "
                       "rate limit: %s", table.get("name"), self.table_id, window.describe(), self.path, total,
                       estimated_calls, describe_limits(hook.limiter))
         progress = Progress(self.log, "records read", total=total, stats=hook.limiter.stats)
-        columns = None
-        if self.fmt == "csv":
-            columns = list(RECORD_COLUMNS)
-            for field in table["table_fields"]:
-                names = (field["label"], field["id"], f"{field['id']}__display")
-                columns += [name for name in names if name not in columns]
-        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
+        header = columns(RECORD_COLUMNS, table["table_fields"]) if self.fmt == "csv" else None
+        with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
             for record in hook.iter_table_records(self.table_id) if not window.empty else ():
                 progress.add()
                 if _updated_within(record, start, end):
@@ -616,13 +546,3 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
                                range=window.as_dict())
         self.log.info("Summary:\n%s", summary_table(summary))
         return summary
-
-
-RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")
-
-
-def record_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A table record as an export row: attributes, then each field by label and by id."""
-    row = {k: record.get(k) for k in RECORD_COLUMNS}
-    row.update(flatten_card_fields(record))
-    return row

@@ -7,6 +7,8 @@ import json
 import pytest
 import responses
 
+from airflow_provider_crm.clients.pipefy.errors import pipefy_error
+from airflow_provider_crm.clients.pipefy.values import flatten_card_fields, to_pipefy_value
 from airflow_provider_crm.common.errors import (
     CrmAuthError,
     CrmError,
@@ -21,7 +23,7 @@ from airflow_provider_crm.common.errors import (
     CrmValidationError,
 )
 from airflow_provider_crm.hooks.pipedrive import FieldMap, PipedriveHook, pipedrive_error
-from airflow_provider_crm.hooks.pipefy import PipefyHook, flatten_card_fields, pipefy_error, to_pipefy_value
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 
 KEY_PLAN = "a" * 40
 KEY_REGION = "b" * 40
@@ -126,7 +128,12 @@ def test_field_map_both_ways():
      ("checklist_vertical", "A", ["A"]), ("label_select", [1, 2], ["1", "2"]), ("short_text", True, "true")],
 )
 def test_pipefy_values_written_by_field_type(ftype, value, written):
-    assert to_pipefy_value({"id": "f", "label": "F", "type": ftype}, value) == written
+    assert to_pipefy_value({"id": "f", "label": "F", "type": ftype}, value, date_format="yyyy-mm-dd") == written
+
+
+def test_pipefy_dates_are_written_dd_mm_yyyy_by_default():
+    """The only write format a real client shows (api-notes, "Checked against public evidence")."""
+    assert to_pipefy_value({"id": "d", "type": "date"}, "2026-03-01") == "01/03/2026"
 
 
 def test_pipefy_bad_value_names_field_and_value():

@@ -7,8 +7,9 @@ import json
 import pytest
 import responses
 
+from airflow_provider_crm.clients.pipefy.documents import ME
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmTransientApiError, CrmValidationError
-from airflow_provider_crm.hooks.pipefy import ME, PipefyHook
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 
 URL = "https://pf.test/graphql"
 FIELDS = [{"id": f"f{i}", "label": f"Field {i}", "type": "number", "required": False} for i in range(35)]
