@@ -150,7 +150,9 @@ class PipefyClient(PipefyRequests):
     def update_fields_values(self, node_id: str | int, values: list[tuple[str, Any]], what: str) -> None:
         """Set a card's or a table record's fields (``(field id, value)``), 30 a call (updateFieldsValues)."""
         for start in range(0, len(values), UPDATE_FIELDS_BATCH):
-            batch = [{"fieldId": i, "value": v} for i, v in values[start : start + UPDATE_FIELDS_BATCH]]
+            # NodeFieldValueInput.value is a list (api-notes, "Checked against public evidence")
+            batch = [{"fieldId": i, "value": v if v is None or isinstance(v, list) else [v]}
+                     for i, v in values[start : start + UPDATE_FIELDS_BATCH]]
             data = self.execute(doc.UPDATE_FIELDS_VALUES, {"input": {"nodeId": str(node_id), "values": batch}},
                                 write=True, description=f"updateFieldsValues {node_id}")
             outcome = data["updateFieldsValues"]
