@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlparse
@@ -89,6 +90,7 @@ class PipefyHook(BaseHook):
 
     :param pipefy_conn_id: the ``pipefy`` connection to use.
     :param timeout: seconds to wait for an answer.
+    :param page_size: nodes asked for per page, instead of the connection's ``page_size`` (default 50).
     """
 
     conn_name_attr = "pipefy_conn_id"
@@ -96,10 +98,12 @@ class PipefyHook(BaseHook):
     conn_type = "pipefy"
     hook_name = "Pipefy"
 
-    def __init__(self, pipefy_conn_id: str = default_conn_name, timeout: float = 60.0, **kwargs: Any) -> None:
+    def __init__(self, pipefy_conn_id: str = default_conn_name, timeout: float = 60.0, page_size: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipefy_conn_id = pipefy_conn_id
         self.timeout = timeout
+        self.page_size_override = page_size
 
     # -- connection form (Airflow 3.0 / 3.1; 3.2+ reads get_provider_info) ---------------------------
     @classmethod
@@ -114,7 +118,11 @@ class PipefyHook(BaseHook):
     @cached_property
     def settings(self) -> PipefySettings:
         """The connection, read and validated. Errors name the connection and field, never a secret."""
-        return PipefySettings.from_connection(self.pipefy_conn_id, self.get_connection(self.pipefy_conn_id))
+        return self.read_settings(self.get_connection(self.pipefy_conn_id))
+
+    def read_settings(self, conn: Any) -> PipefySettings:
+        settings = PipefySettings.from_connection(self.pipefy_conn_id, conn)
+        return replace(settings, page_size=self.page_size_override) if self.page_size_override else settings
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -168,8 +176,7 @@ class PipefyAsyncHook(PipefyHook):
     async def aclient(self) -> PipefyAsyncClient:
         """The async client, built once: the connection read and the limiter's store opened off the loop."""
         if self._aclient is None:
-            conn = await self.aget_connection(self.pipefy_conn_id)
-            settings = PipefySettings.from_connection(self.pipefy_conn_id, conn)
+            settings = self.read_settings(await self.aget_connection(self.pipefy_conn_id))
             self._aclient = await build_async_client(settings, self.timeout, on_secret=_mask)
         return self._aclient
 

@@ -9,17 +9,14 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.clients.pipefy import rows as export_rows
 from airflow_provider_crm.clients.pipefy.pagination import pages_for
-from airflow_provider_crm.clients.pipefy.rows import (
-    CARD_COLUMNS,
-    RECORD_COLUMNS,
-    card_row,
-    columns,
-    record_row,
-)
-from airflow_provider_crm.clients.pipefy.rows import updated_within as _updated_within
 from airflow_provider_crm.clients.pipefy.values import machine_value, same_value, to_pipefy_value
-from airflow_provider_crm.clients.pipefy.writes import create_card_once
+from airflow_provider_crm.clients.pipefy.writes import (
+    create_card_keyed,
+    create_card_once,
+    create_record_keyed,
+)
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
@@ -73,22 +70,8 @@ class PipefyCreateCardOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        def create() -> dict[str, Any]:
-            return self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
-                                         key_field=self.key_field)
-
-        if self.key_field:
-            # an Airflow retry after a create that landed finds that card instead of making a second one,
-            # and under the key's claim a try overlapping this one (a zombie) cannot create it either
-            key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
-                                             f"pipe {self.pipe_id}")
-            card, created = create_card_once(self.hook.client, self.pipe_id, key, value, searched=False, create=create)
-            if not created:
-                self.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
-        else:
-            card, created = create(), True
-        if created:
-            self.log.info("Created card %s in pipe %s", card["id"], self.pipe_id)
+        card, created = create_card_keyed(self.hook.client, self.pipe_id, title=self.title, fields=self.fields,
+                                          phase_id=self.phase_id, key_field=self.key_field)
         url = self.hook.card_url(card["id"])
         push_link(context, PipefyCardLink.xcom_key, url)
         return self.summary(id=str(card["id"]), created=created, url=url)
@@ -211,21 +194,8 @@ class PipefyCreateTableRecordOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        existing = None
-        if self.key_field:
-            meta = self.hook.get_table(self.table_id)["table_fields"]
-            key, value = self.hook.key_value(meta, self.fields, self.key_field, f"table {self.table_id}")
-            found = self.hook.find_table_records(self.table_id, key["id"], value)
-            existing = found[0] if found else None
-        if existing:
-            self.log.info("Record %s already has %s = %r: not creating another", existing["id"], self.key_field,
-                          value)
-            record, created = existing, False
-        else:
-            record = self.hook.create_table_record(self.table_id, title=self.title, fields=self.fields,
-                                                   key_field=self.key_field)
-            created = True
-            self.log.info("Created record %s in table %s", record["id"], self.table_id)
+        record, created = create_record_keyed(self.hook.client, self.table_id, title=self.title, fields=self.fields,
+                                              key_field=self.key_field)
         push_link(context, PipefyTableLink.xcom_key, self.hook.table_url(self.table_id))
         return self.summary(id=str(record["id"]), table_id=str(self.table_id), created=created)
 
@@ -387,7 +357,55 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
                                                  key_field=self.field_map.get(key_column, key_column)))
 
 
-class PipefyExportCardsOperator(_PipefyOperator):
+class _PipefyExportOperator(_PipefyOperator):
+    """Base of the exports: the range to read (watermark or real data interval), the file, the summary.
+
+    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...); give each run its
+        own file, e.g. ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``.
+    :param fmt: ``jsonl`` or ``csv``.
+    :param full: export everything (the watermark then moves to the end of this export).
+    :param start: where the first export of this task starts when it has no watermark yet (ISO date
+        or time); by default the first export reads everything.
+    :param settle_seconds: the range ends this many seconds before now, so a record written in the last
+        moments is read by the next run rather than missed.
+    :param watermark_key: the Airflow Variable holding the watermark (default
+        ``crm_export_watermark.<dag_id>.<task_id>``).
+    :param page_size: nodes asked for per page (default: the connection's ``page_size``, else 50);
+        a page served shorter is never taken for the last one.
+    """
+
+    def __init__(self, *, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
+                 start: str | datetime | None = None, settle_seconds: float = 10.0,
+                 watermark_key: str | None = None, page_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.fmt = fmt
+        self.full = full
+        self.start = start
+        self.settle_seconds = settle_seconds
+        self.watermark_key = watermark_key
+        self.page_size = page_size
+
+    @cached_property
+    def hook(self) -> PipefyHook:
+        return PipefyHook(pipefy_conn_id=self.pipefy_conn_id, page_size=self.page_size)
+
+    def plan(self, context: Any) -> tuple[Any, Any]:
+        return plan_export(self, context, full=self.full, incremental=True, start=self.start,
+                           settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
+
+    def finish(self, context: Any, window: Any, watermark: Any, records: int, link: tuple[str, str],
+               **ids: Any) -> dict[str, Any]:
+        """Move the watermark, push the link and the asset event, log and return the summary."""
+        commit_export(self, context, watermark, window, records=records, path=str(self.path))
+        push_link(context, *link)
+        emit_asset_event(context, self.outlets, {"records": records, "path": str(self.path), "range": window.as_dict()})
+        summary = self.summary(**ids, records=records, path=str(self.path), range=window.as_dict())
+        self.log.info("Summary:\n%s", summary_table(summary))
+        return summary
+
+
+class PipefyExportCardsOperator(_PipefyExportOperator):
     """Export the cards of a pipe (or some phases) to JSON Lines or CSV, streamed and written atomically.
 
     One row per card: card attributes, then each field by label and by id with the machine-readable
@@ -397,17 +415,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
     when it has a real one; see docs/incremental-exports.md.
 
     :param pipe_id: the pipe.
-    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...); give each run its
-        own file, e.g. ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``.
     :param phases: phase ids or names to export (default: the whole pipe).
-    :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every card (the watermark then moves to the end of this export).
-    :param start: where the first export of this task starts when it has no watermark yet (ISO date
-        or time); by default the first export reads everything.
-    :param settle_seconds: the range ends this many seconds before now, so a card written in the last
-        moments is read by the next run rather than missed.
-    :param watermark_key: the Airflow Variable holding the watermark (default
-        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param max_workers: phases fetched in parallel (within the shared rate limit).
     :param pipefy_conn_id: the Pipefy connection.
     """
@@ -415,28 +423,18 @@ class PipefyExportCardsOperator(_PipefyOperator):
     template_fields: Sequence[str] = ("pipe_id", "path", "phases", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyPipeLink(),)
 
-    def __init__(self, *, pipe_id: str | int, path: str | ObjectStoragePath, phases: list[str | int] | None = None,
-                 fmt: str = "jsonl", full: bool = False, start: str | datetime | None = None,
-                 settle_seconds: float = 10.0, watermark_key: str | None = None, max_workers: int = 4,
+    def __init__(self, *, pipe_id: str | int, phases: list[str | int] | None = None, max_workers: int = 4,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipe_id = pipe_id
-        self.path = path
         self.phases = phases
-        self.fmt = fmt
-        self.full = full
-        self.start = start
-        self.settle_seconds = settle_seconds
-        self.watermark_key = watermark_key
         self.max_workers = max_workers
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         pipe = hook.get_pipe(self.pipe_id)
-        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
-                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
-        start, end = window.start, window.end
+        window, watermark = self.plan(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
         if phase_list:  # each phase pages on its own: at least one call each
@@ -447,33 +445,28 @@ class PipefyExportCardsOperator(_PipefyOperator):
         self.log.info("Exporting pipe %s (%s) cards updated in %s to %s: at most %d cards in %d calls; rate "
                       "limit: %s", pipe["name"], self.pipe_id, window.describe(), self.path, cards_total,
                       estimated_calls, describe_limits(hook.limiter))
-        header = columns(CARD_COLUMNS, self.hook.pipe_fields(self.pipe_id)) if self.fmt == "csv" else None
+        header = export_rows.columns(export_rows.CARD_COLUMNS, hook.pipe_fields(self.pipe_id)) if self.fmt == "csv" else None
         # a whole-pipe read knows its total; an incremental one reads only the changed cards
-        progress = Progress(self.log, "cards", total=cards_total if start is None else None, stats=hook.limiter.stats)
+        total = cards_total if window.start is None else None
+        progress = Progress(self.log, "cards", total=total, stats=hook.limiter.stats)
         with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
-            for card in self._cards(phase_list, start, end) if not window.empty else ():
-                writer.write(card_row(card))
+            for card in self._cards(phase_list, window.start, window.end) if not window.empty else ():
+                writer.write(export_rows.card_row(card))
                 progress.add()
         progress.done(f"written to {self.path}")
-        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
-                                                 "range": window.as_dict()})
-        summary = self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
-                               range=window.as_dict())
-        self.log.info("Summary:\n%s", summary_table(summary))
-        return summary
+        return self.finish(context, window, watermark, writer.count,
+                           (PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id)), pipe_id=str(self.pipe_id))
 
     def _cards(self, phases: list[dict[str, Any]] | None, start: datetime | None,
                end: datetime | None) -> Iterator[dict[str, Any]]:
         if not phases:
             yield from self.hook.iter_pipe_cards(self.pipe_id, start, end)
             return
+
         def phase_source(phase: dict[str, Any]) -> Callable[[], Iterator[dict[str, Any]]]:
             def fetch() -> Iterator[dict[str, Any]]:
-                for card in self.hook.iter_phase_cards(phase["id"]):
-                    if _updated_within(card, start, end):
-                        yield card
+                return (card for card in self.hook.iter_phase_cards(phase["id"])
+                        if export_rows.updated_within(card, start, end))
 
             return fetch
 
@@ -481,7 +474,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
         yield from merge_parallel([phase_source(p) for p in phases], self.max_workers, max_buffered=500)
 
 
-class PipefyExportTableRecordsOperator(_PipefyOperator):
+class PipefyExportTableRecordsOperator(_PipefyExportOperator):
     """Export the records of a Pipefy database table to JSON Lines or CSV (streamed, atomic).
 
     One row per record: ``id``, ``title``, ``created_at``, ``updated_at``, then each field by label
@@ -490,40 +483,21 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
     interval); Pipefy cannot filter records by date, so every page is read and filtered here.
 
     :param table_id: the table.
-    :param path: target file (ObjectStoragePath or URL); give each run its own file.
-    :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every record (the watermark then moves to the end of this export).
-    :param start: where the first export of this task starts when it has no watermark yet (ISO date
-        or time); by default the first export reads everything.
-    :param settle_seconds: the range ends this many seconds before now, so a record written in the last
-        moments is read by the next run rather than missed.
-    :param watermark_key: the Airflow Variable holding the watermark (default
-        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param pipefy_conn_id: the Pipefy connection.
     """
 
     template_fields: Sequence[str] = ("table_id", "path", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyTableLink(),)
 
-    def __init__(self, *, table_id: str | int, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
-                 start: str | datetime | None = None, settle_seconds: float = 10.0,
-                 watermark_key: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, table_id: str | int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_id = table_id
-        self.path = path
-        self.fmt = fmt
-        self.full = full
-        self.start = start
-        self.settle_seconds = settle_seconds
-        self.watermark_key = watermark_key
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         table = hook.get_table(self.table_id)
-        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
-                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
-        start, end = window.start, window.end
+        window, watermark = self.plan(context)
         total = table.get("table_records_count") or 0
         estimated_calls = pages_for(total, hook.page_size)
         hook.limiter.check_quota(estimated_calls)
@@ -531,18 +505,12 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
                       "rate limit: %s", table.get("name"), self.table_id, window.describe(), self.path, total,
                       estimated_calls, describe_limits(hook.limiter))
         progress = Progress(self.log, "records read", total=total, stats=hook.limiter.stats)
-        header = columns(RECORD_COLUMNS, table["table_fields"]) if self.fmt == "csv" else None
+        header = export_rows.columns(export_rows.RECORD_COLUMNS, table["table_fields"]) if self.fmt == "csv" else None
         with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
             for record in hook.iter_table_records(self.table_id) if not window.empty else ():
                 progress.add()
-                if _updated_within(record, start, end):
-                    writer.write(record_row(record))
+                if export_rows.updated_within(record, window.start, window.end):
+                    writer.write(export_rows.record_row(record))
         progress.done(f"{writer.count:,} of them updated in the range, written to {self.path}")
-        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        push_link(context, PipefyTableLink.xcom_key, hook.table_url(self.table_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
-                                                 "range": window.as_dict()})
-        summary = self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
-                               range=window.as_dict())
-        self.log.info("Summary:\n%s", summary_table(summary))
-        return summary
+        return self.finish(context, window, watermark, writer.count,
+                           (PipefyTableLink.xcom_key, hook.table_url(self.table_id)), table_id=str(self.table_id))

@@ -41,3 +41,40 @@ def create_card_once(client: PipefyClient, pipe_id: str | int, key: dict[str, An
     name = claim_name("pipefy", client.settings.api_url, pipe_id, key["id"], key_value)
     return create_once(claims_for(client.limiter.store), name, recorded=recorded, find=find, create=create,
                        ident=lambda card: card["id"])
+
+
+def create_card_keyed(client: PipefyClient, pipe_id: str | int, *, title: str | None, fields: dict[str, Any],
+                      phase_id: str | int | None, key_field: str | None) -> tuple[dict[str, Any], bool]:
+    """Create a card; with ``key_field``, the card holding the key's value if one exists (returns the card
+    and whether it was created). An Airflow retry after a create that landed finds that card, and under
+    the key's claim a try overlapping this one (a zombie) cannot create it either."""
+
+    def create() -> dict[str, Any]:
+        return client.create_card(pipe_id, title=title, fields=fields, phase_id=phase_id, key_field=key_field)
+
+    if not key_field:
+        card, created = create(), True
+    else:
+        key, value = client.key_value(client.pipe_fields(pipe_id), fields, key_field, f"pipe {pipe_id}")
+        card, created = create_card_once(client, pipe_id, key, value, searched=False, create=create)
+        if not created:
+            client.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
+    if created:
+        client.log.info("Created card %s in pipe %s", card["id"], pipe_id)
+    return card, created
+
+
+def create_record_keyed(client: PipefyClient, table_id: str | int, *, title: str | None, fields: dict[str, Any],
+                        key_field: str | None) -> tuple[dict[str, Any], bool]:
+    """Create a table record; with ``key_field``, the record holding the key's value if one exists
+    (returns the record and whether it was created)."""
+    if key_field:
+        meta = client.get_table(table_id)["table_fields"]
+        key, value = client.key_value(meta, fields, key_field, f"table {table_id}")
+        found = client.find_table_records(table_id, key["id"], value)
+        if found:
+            client.log.info("Record %s already has %s = %r: not creating another", found[0]["id"], key_field, value)
+            return found[0], False
+    record = client.create_table_record(table_id, title=title, fields=fields, key_field=key_field)
+    client.log.info("Created record %s in table %s", record["id"], table_id)
+    return record, True
