@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
@@ -45,13 +47,9 @@ CLIENT_API = frozenset({
 
 
 def _mask(secret: str) -> None:
-    """Have Airflow redact ``secret`` (a fetched access token) from task logs."""
-    try:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-    except Exception:  # logging not configured by Airflow (plain Python use)
-        pass
+    """Have Airflow redact ``secret`` (a fetched access token) from task logs, where Airflow logs."""
+    with contextlib.suppress(Exception):
+        importlib.import_module("airflow.sdk.log").mask_secret(secret)
 
 
 def web_url_for(api_url: str) -> str:

@@ -378,13 +378,8 @@ class _PipefyExportOperator(_PipefyOperator):
                  start: str | datetime | None = None, settle_seconds: float = 10.0,
                  watermark_key: str | None = None, page_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.path = path
-        self.fmt = fmt
-        self.full = full
-        self.start = start
-        self.settle_seconds = settle_seconds
-        self.watermark_key = watermark_key
-        self.page_size = page_size
+        self.path, self.fmt, self.full, self.start = path, fmt, full, start
+        self.settle_seconds, self.watermark_key, self.page_size = settle_seconds, watermark_key, page_size
 
     @cached_property
     def hook(self) -> PipefyHook:

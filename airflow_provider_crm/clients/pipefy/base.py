@@ -105,6 +105,16 @@ class PipefyRequests:
                 return key_meta, converted if isinstance(converted, str) else str(converted)
         raise CrmInputError(f"{where}: key field {key_field!r} has no value among the fields given")
 
+    def key_lookup(self, fields_meta: list[dict[str, Any]], values: dict[str, Any], key_field: str | None,
+                   where: str, find: Callable[[str, str], list[dict[str, Any]]]
+                   ) -> Callable[[], dict[str, Any] | None] | None:
+        """For a create with ``key_field``: finds what an earlier attempt may have created (``find(field
+        id, value)``), so a create whose answer was lost is looked up instead of sent again."""
+        if not key_field:
+            return None
+        key_meta, key_value = self.key_value(fields_meta, values, key_field, where)
+        return lambda: next(iter(find(key_meta["id"], key_value)), None)
+
     def converted(self, fields_meta: list[dict[str, Any]], values: dict[str, Any], where: str
                   ) -> list[tuple[str, Any]]:
         """``(field id, value in write format)`` for values keyed by field id or label."""

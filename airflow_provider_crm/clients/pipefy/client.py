@@ -121,14 +121,8 @@ class PipefyClient(PipefyRequests):
             card_input["title"] = title
         if phase_id is not None:
             card_input["phase_id"] = str(phase_id)
-        lookup = None
-        if key_field:
-            key_meta, key_value = self.key_value(meta, fields, key_field, f"pipe {pipe_id}")
-
-            def lookup() -> dict[str, Any] | None:
-                found = self.find_cards(pipe_id, key_meta["id"], key_value)
-                return found[0] if found else None
-
+        lookup = self.key_lookup(meta, fields, key_field, f"pipe {pipe_id}",
+                                 lambda field_id, value: self.find_cards(pipe_id, field_id, value))
         return self.create(lambda: self.post_once(doc.CREATE_CARD, {"input": card_input}, "write")["createCard"]["card"],
                            lookup, f"createCard in pipe {pipe_id}")
 
@@ -229,14 +223,8 @@ class PipefyClient(PipefyRequests):
         record_input: dict[str, Any] = {"table_id": str(table_id), "fields_attributes": attributes}
         if title is not None:
             record_input["title"] = title
-        lookup = None
-        if key_field:
-            key_meta, key_value = self.key_value(meta, fields, key_field, f"table {table_id}")
-
-            def lookup() -> dict[str, Any] | None:
-                found = self.find_table_records(table_id, key_meta["id"], key_value)
-                return found[0] if found else None
-
+        lookup = self.key_lookup(meta, fields, key_field, f"table {table_id}",
+                                 lambda field_id, value: self.find_table_records(table_id, field_id, value))
         def send() -> dict[str, Any]:
             return self.post_once(doc.CREATE_TABLE_RECORD, {"input": record_input}, "write")["createTableRecord"][
                 "table_record"]

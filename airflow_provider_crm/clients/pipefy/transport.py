@@ -10,7 +10,8 @@ failure mapping and timeouts. Retries are the client's (common/retry.py).
 
 The request's steps are written once, as a generator (:meth:`PipefyTransportBase.steps`) that yields
 what it needs done (``("limit", kind)``, ``("bearer", force)``, ``("post", body, headers)``,
-``("after", status, headers)``); each subclass carries the steps out with its own I/O.
+``("after", status, headers, kind)``); each subclass has a method of each step's name doing it with
+its own I/O (sync, or awaited).
 """
 
 from __future__ import annotations
@@ -87,14 +88,14 @@ class PipefyTransportBase:
         for attempt in (1, 2):
             bearer = yield ("bearer", attempt == 2)
             status, headers, content = yield ("post", body, {"Authorization": f"Bearer {bearer}"})
-            yield ("after", status, headers)
+            yield ("after", status, headers, kind)
             if not (status == 401 and attempt == 1 and self.settings.client_id):
                 break  # else the service-account token may have expired early: refresh it once
         try:
             return read_answer(status, content, headers.get("content-type"), self.settings.conn_id)
         except CrmRateLimitError:
             if status != 429:  # a rate-limit error inside a 200: wait out the block all the same
-                yield ("after", 429, headers)
+                yield ("after", 429, headers, kind)
             raise
 
 
@@ -125,20 +126,21 @@ class PipefySyncTransport(PipefyTransportBase, Transport):
                 return self.keep_token(status, content, headers.get("content-type"))
             return str(self._token)
 
+    def limit(self, kind: str) -> None:
+        self.limiter.before_request(kind=kind)
+
+    def after(self, status: int, headers: Any, kind: str) -> None:
+        self.limiter.after_response(status, headers, kind=kind)
+
+    def post(self, body: dict[str, Any], headers: dict[str, str]) -> Answer:
+        return self._post(self.settings.api_url, json=body, headers=headers)
+
     def execute(self, request: GraphQLRequest, *args: Any, kind: str = "read", **kwargs: Any) -> ExecutionResult:
-        steps = self.steps(request, kind)
-        reply: Any = None
+        steps, reply = self.steps(request, kind), None
         try:
             while True:
-                step, reply = steps.send(reply), None
-                if step[0] == "limit":
-                    self.limiter.before_request(kind=kind)
-                elif step[0] == "after":
-                    self.limiter.after_response(step[1], step[2], kind=kind)
-                elif step[0] == "bearer":
-                    reply = self.bearer(step[1])
-                else:
-                    reply = self._post(self.settings.api_url, json=step[1], headers=step[2])
+                step = steps.send(reply)
+                reply = getattr(self, step[0])(*step[1:])
         except StopIteration as done:
             return ExecutionResult(data=done.value)
 
@@ -187,20 +189,22 @@ class PipefyAsyncTransport(PipefyTransportBase, AsyncTransport):
                 return self.keep_token(status, content, headers.get("content-type"))
             return str(self._token)
 
+    async def limit(self, kind: str) -> None:
+        await self.limiter.before_request_async(kind=kind)
+
+    async def after(self, status: int, headers: Any, kind: str) -> None:
+        await asyncio.to_thread(self.limiter.after_response, status, headers, kind=kind)
+
+    async def post(self, body: dict[str, Any], headers: dict[str, str]) -> Answer:
+        return await self._post(self.settings.api_url, json=body, headers=headers)
+
     async def execute(self, request: GraphQLRequest, *args: Any, kind: str = "read", **kwargs: Any
                       ) -> ExecutionResult:
-        steps = self.steps(request, kind)
+        steps: Steps = self.steps(request, kind)
         reply: Any = None
-        try:
-            while True:
-                step, reply = steps.send(reply), None
-                if step[0] == "limit":
-                    await self.limiter.before_request_async(kind=kind)
-                elif step[0] == "after":
-                    await asyncio.to_thread(self.limiter.after_response, step[1], step[2], kind=kind)
-                elif step[0] == "bearer":
-                    reply = await self.bearer(step[1])
-                else:
-                    reply = await self._post(self.settings.api_url, json=step[1], headers=step[2])
-        except StopIteration as done:
-            return ExecutionResult(data=done.value)
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return ExecutionResult(data=done.value)
+            reply = await getattr(self, step[0])(*step[1:])
