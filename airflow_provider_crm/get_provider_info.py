@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-PIPEFY_PLANS = ["starter", "business", "enterprise", "unlimited"]
-PIPEDRIVE_PLANS = ["lite", "growth", "premium", "ultimate", "essential", "advanced", "professional", "enterprise"]
+from airflow_provider_crm.clients.pipedrive import policy as pipedrive_policy
+from airflow_provider_crm.clients.pipefy import policy as pipefy_policy
+
+# the plan lists are the services' policies' (clients/<service>/policy.py); the sandbox keeps its own
+PIPEFY_PLANS = list(pipefy_policy.PLANS)
+PIPEDRIVE_PLANS = list(pipedrive_policy.PLANS)
 
 
 def _field(label: str, description: str, *, type_: str | list[str] = "string", secret: bool = False,
@@ -31,7 +35,7 @@ PIPEFY_CONN_FIELDS: dict[str, Any] = {
                             secret=True),
     "oauth_token_url": _field("OAuth token URL", "Default https://app.pipefy.com/oauth/token."),
     "plan": _field("Plan", "Pipefy plan: sets the monthly API-call quota (starter 20, business 500, "
-                   "enterprise 10,000, unlimited: none).", enum=PIPEFY_PLANS, default="unlimited"),
+                   "enterprise 10,000, unlimited: none).", enum=PIPEFY_PLANS, default=pipefy_policy.DEFAULT_PLAN),
     "requests_per_30s": _field("Requests per 30 s", "Override of the 500 requests / 30 s limit.",
                                type_="integer"),
     "monthly_quota": _field("Monthly call quota", "Override of the plan's monthly API-call quota.",
@@ -56,7 +60,7 @@ PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {
     "oauth_token_url": _field("OAuth token URL", "Default https://oauth.pipedrive.com/oauth/token."),
     "company_domain": _field("Company domain", "Your company's subdomain, e.g. 'acme' for acme.pipedrive.com."),
     "plan": _field("Plan", "Pipedrive plan: sets the burst limit and daily token budget.", enum=PIPEDRIVE_PLANS,
-                   default="lite"),
+                   default=pipedrive_policy.DEFAULT_PLAN),
     "seats": _field("Seats", "Number of paid seats (daily token budget = 30,000 x plan multiplier x seats).",
                     type_="integer"),
     "requests_per_2s": _field("Requests per 2 s", "Override of the plan's burst limit.", type_="integer"),

@@ -2,13 +2,19 @@
 
     python -m benchmarks [--latency-ms 100] [--full-size] [--only NAME ...] [--write docs/performance.md]
 
-Throughput is reported against a computed ceiling (benchmarks/ceiling.py); 429s come from the
-sandbox's counters; peak RSS is the client process's own. No number here is asserted anywhere.
+Throughput is reported against two computed ceilings (benchmarks/ceiling.py): the plan's (the allowance
+alone) and the scenario's (the allowance with the concurrency the scenario chose and its latency).
+429s come from the sandbox's counters; duplicates from the sandbox's records after an upsert; peak
+RSS is the client process's own. No number here is asserted anywhere.
+
+Scenarios named "default arguments" run the operators as a DAG author gets them, at the latency
+their name gives; the others at ``--latency-ms``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ceiling import PIPEDRIVE_BURST, PIPEDRIVE_SEARCH_PER_2S, PIPEFY_PER_30S, Ceiling
+from benchmarks.ceiling import PIPEDRIVE_BURST, PIPEDRIVE_SEARCH_PER_2S, PIPEFY_PER_30S, Ceiling, plan_ceiling
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,8 +39,10 @@ class Scenario:
     client: str
     sandbox_args: list[str]
     client_args: dict[str, Any]
-    ceiling: Any  # callable(result, latency) -> Ceiling
+    ceiling: Any  # callable(requests, records, latency) -> Ceiling
+    plan: Any = None  # callable(records) -> Ceiling: the plan's allowance alone
     processes: int = 1
+    latency_ms: float | None = None  # None: --latency-ms
     # run the client once, untimed, under the token "warmup" first: fills the sandbox's render caches
     # (its CPU is the emulator's, not the client's; see docs/performance.md)
     warmup: bool = False
@@ -55,6 +63,7 @@ def start_sandbox(args: list[str], latency_ms: float) -> tuple[subprocess.Popen,
 
 
 def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
+    latency_ms = s.latency_ms if s.latency_ms is not None else latency_ms
     sandbox, info = start_sandbox(s.sandbox_args, latency_ms)
     try:
         base = {"pipefy_url": info["pipefy_url"], "pipefy_token": next(iter(info["pipefy_tokens"])),
@@ -92,8 +101,16 @@ def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
         seconds = max(r["seconds"] for r in results)  # all start together: the slowest ends the job
     requests = sum(r["requests"] for r in results)
     ceiling: Ceiling = s.ceiling(requests, records, latency_ms / 1000)
+    if results[0].get("concurrency"):  # what the operator chose by itself (default arguments)
+        ceiling = dataclasses.replace(ceiling, concurrency=int(results[0]["concurrency"]))
+    plan = s.plan(records) if s.plan is not None else None
     return {
         "scenario": s.name,
+        "latency_ms": latency_ms,
+        "plan_ceiling_per_s": plan.records_per_second if plan else None,
+        "plan_ratio": records / seconds / plan.records_per_second if plan else None,
+        "duplicates": sum(r.get("duplicates", 0) for r in results) if any("duplicates" in r for r in results)
+        else None,
         "records": records,
         "seconds": seconds,
         "records_per_s": records / seconds,
@@ -124,23 +141,62 @@ def scenarios(full_size: bool) -> list[Scenario]:
         # the entity listed once (500 a call), then one write per new row, one at a time
         return Ceiling(n, recs / max(n, 1), PIPEDRIVE_BURST["ultimate"][0], 2.0, 1, lat)
 
+    def pd_plan(plan: str) -> Any:
+        # full pages of 500; the plan's burst (API-token apps), not the client's safety margin
+        return lambda recs: plan_ceiling(recs, -(-recs // 500), PIPEDRIVE_BURST[plan][0], 2.0)
+
+    def pf_plan(requests_per_record: float, page: int = 1) -> Any:
+        return lambda recs: plan_ceiling(recs, max(1, int(-(-recs // page) * requests_per_record)), PIPEFY_PER_30S,
+                                         30.0)
+
+    def pd_write_plan(existing: int) -> Any:
+        # one write per new row, and the existing records listed once (500 a call)
+        return lambda recs: plan_ceiling(recs, recs + -(-existing // 500), PIPEDRIVE_BURST["ultimate"][0], 2.0)
+
+    defaults: list[Scenario] = []
+    for latency in (100.0, 400.0):
+        for plan in ("lite", "ultimate"):
+            defaults.append(Scenario(
+                f"pipedrive export 200,000 deals ({plan.title()}, default arguments, first run, {latency:.0f} ms)",
+                "pipedrive_export",
+                ["--deals", "200000", "--pipedrive-token", f"bench={plan}"],
+                {"pipedrive_token": "bench", "plan": plan, "defaults": True}, pd_export(plan, 1), pd_plan(plan),
+                latency_ms=latency))
+        defaults.append(Scenario(
+            f"pipefy export 100,000 cards (default arguments, first run, {latency:.0f} ms)", "pipefy_export",
+            ["--cards-per-phase", "16667", "--pipefy-token", "bench=unlimited"],
+            {"pipe_id": "302", "pipefy_token": "bench", "defaults": True}, pf(1), pf_plan(1, 50),
+            latency_ms=latency))
+    defaults.append(Scenario(
+        "pipedrive upsert 2,000 persons (Ultimate, default arguments, 1,000 existing)", "pipedrive_upsert",
+        ["--persons", "1000", "--pipedrive-token", "bench=ultimate"],
+        {"rows": 2000, "pipedrive_token": "bench", "defaults": True}, pd_upsert_indexed, pd_write_plan(1000),
+        latency_ms=400.0))
+    defaults.append(Scenario(
+        "pipefy upsert 1,000 rows (default arguments)", "pipefy_upsert", ["--cards-per-phase", "5"],
+        {"rows": 1000, "defaults": True},
+        lambda n, recs, lat: Ceiling(n, recs / max(n, 1), PIPEFY_PER_30S, 30.0, 1, lat),
+        pf_plan(2), latency_ms=400.0))
+
     pf_upsert_rows = 2000 if full_size else 300
     pd_upsert_rows = 5000 if full_size else 300
     pd_search_rows = 300  # search-bound (5 rows/s at best): kept small even with --full-size
     phases = [str(3021 + i) for i in range(6)]
-    return [
+    return defaults + [
         Scenario("pipedrive export 20,000 deals (Ultimate, 4 slices)", "pipedrive_export",
                  ["--deals", "20000", "--pipedrive-token", "bench=ultimate"],
-                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4)),
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4),
+                 pd_plan("ultimate")),
         Scenario("pipedrive export 200,000 deals (Ultimate, 4 slices)", "pipedrive_export",
                  ["--deals", "200000", "--pipedrive-token", "bench=ultimate"],
-                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4)),
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "ultimate"}, pd_export("ultimate", 4),
+                 pd_plan("ultimate")),
         Scenario("pipedrive export 200,000 deals (Lite, 4 slices)", "pipedrive_export",
                  ["--deals", "200000", "--pipedrive-token", "bench=lite"],
-                 {"pipedrive_token": "bench", "slices": 4, "plan": "lite"}, pd_export("lite", 4)),
+                 {"pipedrive_token": "bench", "slices": 4, "plan": "lite"}, pd_export("lite", 4), pd_plan("lite")),
         Scenario("pipefy export 20,000 cards over 6 phases", "pipefy_export",
                  ["--cards-per-phase", "3334", "--pipefy-token", "bench=unlimited", "--pipefy-token",
-                  "warmup=unlimited"], {"pipe_id": "302", "phases": phases, "pipefy_token": "bench"}, pf(6),
+                  "warmup=unlimited"], {"pipe_id": "302", "phases": phases, "pipefy_token": "bench"}, pf(6), pf_plan(1, 50),
                  warmup=True),
         Scenario(f"pipefy upsert {pf_upsert_rows} rows", "pipefy_upsert", ["--cards-per-phase", "5"],
                  {"rows": pf_upsert_rows},
@@ -158,12 +214,17 @@ def scenarios(full_size: bool) -> list[Scenario]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | records | seconds | records/s | ceiling/s | achieved / ceiling | binding | requests | "
-             "waits | 429s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | latency ms | records | seconds | records/s | plan ceiling/s | achieved / plan | "
+             "ceiling/s | achieved / ceiling | binding | requests | waits | 429s | duplicates | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {r['records']:,} | {r['seconds']:.1f} | {r['records_per_s']:,.0f} | "
-                     f"{r['ceiling_per_s']:,.0f} | {r['ratio']:.2f} | {r['binding']} | {r['requests']:,} | "
-                     f"{r['waits']} | {r['http_429']} | {r['peak_rss_mb']:.0f} |")
+        plan = (f"{r['plan_ceiling_per_s']:,.0f} | {r['plan_ratio']:.2f}" if r.get("plan_ratio") is not None
+                else "- | -")
+        dups = "-" if r.get("duplicates") is None else str(r["duplicates"])
+        lines.append(f"| {r['scenario']} | {r['latency_ms']:.0f} | {r['records']:,} | {r['seconds']:.1f} | "
+                     f"{r['records_per_s']:,.0f} | {plan} | {r['ceiling_per_s']:,.0f} | {r['ratio']:.2f} | "
+                     f"{r['binding']} | {r['requests']:,} | {r['waits']} | {r['http_429']} | {dups} | "
+                     f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 

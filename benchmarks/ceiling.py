@@ -9,6 +9,11 @@ requests in flight at a time and a latency of T seconds per request:
 
 For long jobs this is min(L / W, C / T) x R, the formula in the issue; for jobs shorter than a window
 it credits the burst the window allows.
+
+The **plan ceiling** (:func:`plan_ceiling`) is the allowance alone: the fewest requests the job needs
+(full pages, one write per row), the plan's own window limit (not the client's safety margin), the
+first window's burst credited, and neither latency nor concurrency credited. It is what the user pays
+for; the scenario ceiling above says how close the client gets with the concurrency it chose.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-PIPEDRIVE_BURST = {"lite": (20, 80), "growth": (40, 160), "premium": (100, 400), "ultimate": (120, 480)}
-PIPEDRIVE_SEARCH_PER_2S = 10
-PIPEFY_PER_30S = 500
+from airflow_provider_crm.clients.pipedrive.policy import BURST as PIPEDRIVE_BURST
+from airflow_provider_crm.clients.pipedrive.policy import SEARCH_PER_2S as PIPEDRIVE_SEARCH_PER_2S
+from airflow_provider_crm.clients.pipefy.policy import REQUESTS_PER_WINDOW as PIPEFY_PER_30S
+
+__all__ = ["PIPEDRIVE_BURST", "PIPEDRIVE_SEARCH_PER_2S", "PIPEFY_PER_30S", "Ceiling", "plan_ceiling"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +56,8 @@ class Ceiling:
     @property
     def binding(self) -> str:
         return "rate limit" if self.limit_seconds >= self.latency_seconds else "latency x concurrency"
+
+
+def plan_ceiling(records: int, min_requests: int, limit: int, window_s: float) -> Ceiling:
+    """The plan's ceiling for ``records`` that need at least ``min_requests`` requests (see the module)."""
+    return Ceiling(max(1, min_requests), records / max(1, min_requests), limit, window_s, 1_000_000, 0.0)

@@ -43,19 +43,26 @@ def _context(start: datetime | None = None, end: datetime | None = None) -> dict
 def pipedrive_export(args: dict[str, Any]) -> dict[str, Any]:
     from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
 
-    end = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
-    op = PipedriveExportOperator(task_id="bench", entity="deals", path=args["path"], slices=args.get("slices", 1))
-    summary = op.execute(_context(end - timedelta(days=800), end))
-    return {"records": summary["records"], **summary["rate_limit"]}
+    if args.get("defaults"):  # as a DAG author gets it: a first run, no interval, no tuning
+        op = PipedriveExportOperator(task_id="bench", entity="deals", path=args["path"])
+        summary = op.execute(_context())
+    else:
+        end = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+        op = PipedriveExportOperator(task_id="bench", entity="deals", path=args["path"], slices=args.get("slices", 1))
+        summary = op.execute(_context(end - timedelta(days=800), end))
+    return {"records": summary["records"], "concurrency": summary.get("parallel"), **summary["rate_limit"]}
 
 
 def pipefy_export(args: dict[str, Any]) -> dict[str, Any]:
     from airflow_provider_crm.operators.pipefy import PipefyExportCardsOperator
 
-    op = PipefyExportCardsOperator(task_id="bench", pipe_id=args["pipe_id"], path=args["path"], phases=args["phases"],
-                                   full=True, max_workers=len(args["phases"]))
+    if args.get("defaults"):
+        op = PipefyExportCardsOperator(task_id="bench", pipe_id=args["pipe_id"], path=args["path"])
+    else:
+        op = PipefyExportCardsOperator(task_id="bench", pipe_id=args["pipe_id"], path=args["path"],
+                                       phases=args["phases"], full=True, max_workers=len(args["phases"]))
     summary = op.execute(_context())
-    return {"records": summary["records"], **summary["rate_limit"]}
+    return {"records": summary["records"], "concurrency": summary.get("parallel"), **summary["rate_limit"]}
 
 
 def pipefy_upsert(args: dict[str, Any]) -> dict[str, Any]:
@@ -63,19 +70,30 @@ def pipefy_upsert(args: dict[str, Any]) -> dict[str, Any]:
 
     rows = [{"Requester": f"bench{i}@example.com", "Priority": "High", "Hours": str(i % 9)}
             for i in range(args["rows"])]
-    op = PipefyUpsertCardsOperator(task_id="bench", pipe_id="302", rows=rows, key_field="Requester")
+    op = PipefyUpsertCardsOperator(task_id="bench", pipe_id="302", rows=rows, key_field="Requester",
+                                   **({} if args.get("defaults") else {"max_workers": 1}))
     summary = op.execute(_context())
-    return {"records": summary["total"], **summary["rate_limit"]}
+    result = {"records": summary["total"], "stopped": time.monotonic(), **summary["rate_limit"]}
+    # duplicates, read back from the sandbox once the clock has stopped: cards per key value
+    from airflow_provider_crm.hooks.pipefy import PipefyHook
+
+    keys = [item.get("value") for card in PipefyHook().iter_pipe_cards("302") for item in card.get("fields") or []
+            if item["field"]["id"] == "requester" and str(item.get("value", "")).startswith("bench")]
+    return {**result, "duplicates": len(keys) - len(set(keys))}
 
 
 def pipedrive_upsert(args: dict[str, Any]) -> dict[str, Any]:
     from airflow_provider_crm.operators.pipedrive import PipedriveUpsertOperator
 
     rows = [{"email": f"bench{i}@example.com", "name": f"Bench {i}"} for i in range(args["rows"])]
-    op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email",
-                                 lookup=args.get("lookup", "search"))
+    tuning = {} if args.get("defaults") else {"lookup": args.get("lookup", "search"), "max_workers": 1}
+    op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email", **tuning)
     summary = op.execute(_context())
-    return {"records": summary["total"], **summary["rate_limit"]}
+    result = {"records": summary["total"], "stopped": time.monotonic(), **summary["rate_limit"]}
+    # duplicates, read back from the sandbox once the clock has stopped: persons per e-mail
+    emails = [e["value"].lower() for p in op.hook.iter_records("persons") for e in p.get("emails") or []
+              if str(e.get("value", "")).startswith("bench")]
+    return {**result, "duplicates": len(emails) - len(set(emails))}
 
 
 SCENARIOS = {
@@ -97,7 +115,7 @@ def main() -> None:
         time.sleep(max(0.0, args["start_at"] - time.time()))
     started = time.monotonic()
     result = SCENARIOS[name](args)
-    result["seconds"] = time.monotonic() - started
+    result["seconds"] = result.pop("stopped", time.monotonic()) - started
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result), flush=True)
 

@@ -4,7 +4,7 @@ Usage: python scripts/gen_pipedrive_costs.py [path/to/api-specs]
 Each operation's ``x-token-cost`` is its charge against the company's daily token budget. Two files
 are written from the specs, one for each side of the wire, so that neither reads the other's table:
 
-- ``airflow_provider_crm/common/pipedrive_costs.json`` for the client (``[method, path, cost]`` rows);
+- ``airflow_provider_crm/clients/pipedrive/costs.json`` for the client (``[method, path, cost]`` rows);
 - ``crm_sandbox/pipedrive_costs.json`` for the emulator (``{"METHOD /path": cost}`` per version).
 """
 
@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SPECS = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "api-specs"
 METHODS = {"get", "post", "put", "patch", "delete"}
-CLIENT_TARGET = REPO / "airflow_provider_crm" / "common" / "pipedrive_costs.json"
+CLIENT_TARGET = REPO / "airflow_provider_crm" / "clients" / "pipedrive" / "costs.json"
 SANDBOX_TARGET = REPO / "crm_sandbox" / "pipedrive_costs.json"
 
 

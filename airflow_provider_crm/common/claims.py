@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_crm.common.errors import CrmRetryableError
-from airflow_provider_crm.common.ratelimit import FileStore, LimitStore, MemoryStore, RedisStore, _config
+from airflow_provider_crm.common.ratelimit.stores import (
+    FileStore,
+    LimitStore,
+    MemoryStore,
+    RedisStore,
+    _config,
+)
 
 log = logging.getLogger(__name__)
 

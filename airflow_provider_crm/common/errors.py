@@ -35,8 +35,8 @@ class CrmInputError(CrmError, AirflowFailException):
 
 
 class CrmApiError(CrmError):
-    """An error answer from the service. Keeps the service's message and, for Pipefy, the
-    correlation id (quote it to Pipefy support) and any partial data."""
+    """An error answer from the service. Keeps the service's message and, where the service gives
+    them, a correlation id (to quote to its support) and any partial data."""
 
     def __init__(
         self,
@@ -102,8 +102,8 @@ class CrmTransientApiError(CrmApiError, CrmRetryableError):
 
 
 class CrmInternalServerError(CrmTransientApiError):
-    """A service's own internal error (Pipefy's ``INTERNAL_SERVER_ERROR``). Pipefy asks clients not to
-    repeat the same payload, and every repeat spends quota: retried once at most, never for a create."""
+    """A service's own internal error (a GraphQL ``INTERNAL_SERVER_ERROR``). The service asks clients
+    not to repeat the same payload, and every repeat spends quota: retried once at most, never for a create."""
 
 
 class CrmRateLimitError(CrmTransientApiError):
@@ -128,8 +128,9 @@ class CrmWaitTooLongError(CrmRetryableError):
 
 
 class CrmQuotaExceededError(CrmError, AirflowFailException):
-    """A call would exceed a quota that does not come back within the task (Pipefy monthly quota)."""
+    """A call would exceed a quota that does not come back within the task (a monthly quota)."""
 
 
 class CrmDailyBudgetExceededError(CrmRetryableError):
-    """Pipedrive's daily token budget or POST/PUT allowance is spent; it comes back at the daily reset."""
+    """A daily budget or allowance (a token budget, a POST/PUT allowance) is spent; it comes back at the
+    daily reset."""

@@ -26,8 +26,9 @@ def _encode_other(value: Any) -> Any:
 
 
 class Envelope(msgspec.Struct):
-    """A Pipedrive answer with ``data`` left undecoded: the cursor to the next page is known in a
-    tenth of the time a whole page takes to decode, so the next request can leave first."""
+    """A REST answer envelope (``success``, ``data``, ``additional_data``) with ``data`` left undecoded:
+    the cursor to the next page is known in a tenth of the time a whole page takes to decode, so the
+    next request can leave first."""
 
     success: bool | None = None
     data: msgspec.Raw = msgspec.Raw(b"null")

@@ -34,7 +34,8 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmWaitTooLongError,
 )
-from airflow_provider_crm.common.ratelimit import LimiterStats, default_max_wait
+from airflow_provider_crm.common.ratelimit.limiter import LimiterStats
+from airflow_provider_crm.common.ratelimit.stores import default_max_wait
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ class ConnectionReader:
     """Typed access to one connection's extras.
 
     :param conn_id: the connection id, named in every error.
-    :param conn_type: ``pipefy`` or ``pipedrive`` (for the ``extra__<type>__`` prefixed form).
+    :param conn_type: the connection type (for the ``extra__<type>__`` prefixed form).
     :param extras: the connection's ``extra_dejson``.
     """
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+import pendulum
+
 from airflow_provider_crm.common.context import task_label
 
 log = logging.getLogger(__name__)
@@ -75,13 +77,18 @@ def _text(moment: datetime) -> str:
 
 
 def parse_moment(value: Any, what: str) -> datetime:
-    """A datetime, or an ISO 8601 text (``2026-01-01``, ``2026-01-01T10:00:00Z``), as aware UTC."""
+    """A datetime, or an ISO 8601 text (``2026-01-01``, ``2026-01-01T10:00:00Z``, a rendered template
+    such as ``{{ data_interval_start }}``), as aware UTC; a text without an offset is UTC, not local time."""
     if isinstance(value, datetime):
         return whole_second(value)
     try:
-        return whole_second(datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")))
+        # pendulum, as Airflow's own templates render times: every ISO 8601 form, compact ones included
+        moment = pendulum.parse(str(value).strip(), tz="UTC")
     except ValueError:
-        raise ValueError(f"{what} must be an ISO 8601 date or time, got {value!r}") from None
+        moment = None
+    if not isinstance(moment, datetime):  # a duration or a bare time is not a moment
+        raise ValueError(f"{what} must be an ISO 8601 date or time, got {value!r}")
+    return whole_second(moment)
 
 
 def plan_window(*, full: bool, incremental: bool, interval_start: datetime | None,

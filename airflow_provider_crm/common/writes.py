@@ -16,7 +16,7 @@ attempt did not land:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from airflow_provider_crm.common.claims import PENDING, KeyClaims
@@ -27,8 +27,8 @@ from airflow_provider_crm.common.errors import (
     CrmRateLimitError,
     CrmTransientApiError,
 )
-from airflow_provider_crm.common.ratelimit import LimiterStats
-from airflow_provider_crm.common.retry import call_with_retries
+from airflow_provider_crm.common.ratelimit.limiter import LimiterStats
+from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,40 @@ class _Unsafe(Exception):
         self.error = error
 
 
+class _CreateAttempts:
+    """What one attempt of a create leaves for the next (see the module doc); the sync and async loops
+    below share it."""
+
+    def __init__(self, description: str, can_look: bool) -> None:
+        self.description = description
+        self.can_look = can_look
+        self.uncertain = False  # an earlier attempt may have landed
+
+    def look_first(self) -> bool:
+        return self.uncertain and self.can_look
+
+    def landed(self, found: T) -> T:
+        log.info("%s: the earlier attempt did land (its answer was lost); not creating it again", self.description)
+        return found
+
+    def look_once(self, err: CrmTransientApiError) -> bool:
+        """A 500: the service asks not to repeat the payload, so look once and never send it again."""
+        return self.can_look and isinstance(err, CrmInternalServerError) and not refused_before_running(err)
+
+    def failure(self, err: CrmTransientApiError) -> BaseException:
+        """What to raise into the retry loop after ``err``."""
+        if refused_before_running(err):
+            return err  # nothing was done: retried as it is
+        if isinstance(err, CrmInternalServerError):
+            return _Unsafe(_outcome_unknown(err, self.description))
+        if not self.can_look:
+            log.warning("%s: %s; not sending it again: it may have landed and nothing can check that",
+                        self.description, err)
+            return _Unsafe(_outcome_unknown(err, self.description))
+        self.uncertain = True
+        return err
+
+
 def create_safely(send: Callable[[], T], *, lookup: Callable[[], T | None] | None, description: str,
                   stats: LimiterStats | None = None) -> T:
     """Send a create, retrying it only when that cannot make a second record (see the module doc).
@@ -75,36 +109,41 @@ def create_safely(send: Callable[[], T], *, lookup: Callable[[], T | None] | Non
     :param description: names the create in log lines.
     :param stats: the limiter's stats (retry waits are counted there).
     """
-    uncertain = False  # an earlier attempt may have landed
+    attempts = _CreateAttempts(description, lookup is not None)
 
     def attempt() -> T:
-        nonlocal uncertain
-        if uncertain and lookup is not None:
-            found = lookup()
-            if found is not None:
-                log.info("%s: the earlier attempt did land (its answer was lost); not creating it again",
-                         description)
-                return found
+        if lookup is not None and attempts.look_first() and (found := lookup()) is not None:
+            return attempts.landed(found)
         try:
             return send()
         except CrmTransientApiError as err:
-            if refused_before_running(err):
-                raise  # nothing was done: retried as it is
-            if isinstance(err, CrmInternalServerError):
-                # the service asks not to repeat the payload: look once, never send it again
-                found = lookup() if lookup is not None else None
-                if found is not None:
-                    return found
-                raise _Unsafe(_outcome_unknown(err, description)) from None
-            if lookup is None:
-                log.warning("%s: %s; not sending it again: it may have landed and nothing can check that",
-                            description, err)
-                raise _Unsafe(_outcome_unknown(err, description)) from None
-            uncertain = True
-            raise
+            if lookup is not None and attempts.look_once(err) and (found := lookup()) is not None:
+                return found
+            raise attempts.failure(err) from None
 
     try:
         return call_with_retries(attempt, idempotent=True, description=description, stats=stats)
+    except _Unsafe as unsafe:
+        raise unsafe.error from None
+
+
+async def acreate_safely(send: Callable[[], Awaitable[T]], *, lookup: Callable[[], Awaitable[T | None]] | None,
+                         description: str, stats: LimiterStats | None = None) -> T:
+    """The async twin of :func:`create_safely` (the same rules, awaited)."""
+    attempts = _CreateAttempts(description, lookup is not None)
+
+    async def attempt() -> T:
+        if lookup is not None and attempts.look_first() and (found := await lookup()) is not None:
+            return attempts.landed(found)
+        try:
+            return await send()
+        except CrmTransientApiError as err:
+            if lookup is not None and attempts.look_once(err) and (found := await lookup()) is not None:
+                return found
+            raise attempts.failure(err) from None
+
+    try:
+        return await acall_with_retries(attempt, idempotent=True, description=description, stats=stats)
     except _Unsafe as unsafe:
         raise unsafe.error from None
 

@@ -28,7 +28,7 @@ from airflow_provider_crm.clients.pipefy.values import (
     to_pipefy_value,
 )
 from airflow_provider_crm.common import connection_form
-from airflow_provider_crm.common.ratelimit import RateLimiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter
 from airflow_provider_crm.get_provider_info import PIPEFY_CONN_FIELDS, PIPEFY_UI_FIELD_BEHAVIOUR
 
 __all__ = ["PipefyAsyncHook", "PipefyHook", "card_url", "flatten_card_fields", "machine_value", "pipe_url",

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_crm.clients.pipedrive.entities import entity_info
+from airflow_provider_crm.clients.pipedrive.exports import RangeReader, declared_columns, mark
+from airflow_provider_crm.clients.pipedrive.fields import key_of, match_key, normalise_key, record_keys
 from airflow_provider_crm.common.claims import claim_name, claims_for
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
-from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError
+from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.slicing import Slice, fetch_balanced
-from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.common.writes import create_once
-from airflow_provider_crm.hooks.pipedrive import (
-    MAX_PAGE,
-    FieldMap,
-    PipedriveHook,
-    entity_info,
-    key_of,
-    match_key,
-    normalise_key,
-    record_keys,
-)
+from airflow_provider_crm.hooks.pipedrive import PipedriveHook
 from airflow_provider_crm.links import PipedriveRecordLink
 
 
@@ -106,7 +97,7 @@ def create_keyed(hook: PipedriveHook, entity: str, key_field: str, key_value: An
             return None
         return hook.find_one(entity, key_field, key_value)
 
-    name = claim_name("pipedrive", hook.settings["base_url"], entity, key_field.lower(), match_key(key_value))
+    name = claim_name("pipedrive", hook.base_url, entity, key_field.lower(), match_key(key_value))
     return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find,
                        create=lambda: hook.create(entity, data, key_field=key_field, key_value=key_value),
                        ident=lambda record: record["id"])
@@ -189,6 +180,8 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         someone else creates while the task runs are not seen. ``auto`` (default): ``index`` from
         ``index_from_rows`` rows up, else ``search``.
     :param index_from_rows: the row count from which ``auto`` indexes.
+    :param max_workers: most rows written at once (never two with the same key). Default: enough to
+        keep the plan's write allowance busy, at most 32; the rate limiter holds the rate either way.
     :param pipedrive_conn_id: the Pipedrive connection.
     """
 
@@ -196,7 +189,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
 
     def __init__(self, *, entity: str, rows: Any, key_field: str, rejects_path: str | ObjectStoragePath | None = None,
                  max_failure_ratio: float = 0.0, lookup: str = "auto", index_from_rows: int = 200,
-                 **kwargs: Any) -> None:
+                 max_workers: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if lookup not in ("auto", "search", "index"):
             raise CrmInputError(f"lookup must be auto, search or index, not {lookup!r}")
@@ -207,33 +200,46 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         self.max_failure_ratio = max_failure_ratio
         self.lookup = lookup
         self.index_from_rows = index_from_rows
-        self._index: dict[str, dict[str, Any]] | None = None
+        self.max_workers = max_workers
 
     def execute(self, context: Any) -> dict[str, Any]:
         entity_info(self.entity)
         report = UpsertReport(self.rejects_path, task_label=f"{self.entity} upsert")
         rows = list(read_rows(self.rows))
+        index = None
         if self.lookup == "index" or (self.lookup == "auto" and len(rows) >= self.index_from_rows):
-            self._index = self.hook.index_by(self.entity, self.key_field)
-            self.log.info("Indexed %d %s by %s for %d rows", len(self._index), self.entity, self.key_field, len(rows))
+            index = self.hook.index_by(self.entity, self.key_field)
+            self.log.info("Indexed %d %s by %s for %d rows", len(index), self.entity, self.key_field, len(rows))
         limiter = self.hook.limiter
-        self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s); rate limit: %s", len(rows), self.entity,
-                      self.key_field, "index" if self._index is not None else "search", describe_limits(limiter))
+        workers = upsert_workers(limiter, self.max_workers)
+        self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s), %d at a time; rate limit: %s", len(rows),
+                      self.entity, self.key_field, "index" if index is not None else "search", workers,
+                      describe_limits(limiter))
         progress = Progress(self.log, "rows", total=len(rows), stats=limiter.stats, detail=report.describe)
-        for index, row in enumerate(rows, start=1):
-            try:
-                outcome, record_id = self._upsert_row(row)
-                report.record(outcome, record_id)
-            except CrmError as err:
-                report.reject(index, row, err)
-            progress.add()
+        run_upsert(rows, _PipedriveUpsertSteps(self.hook, self.entity, self.key_field, index), report, progress,
+                   workers=workers)
         progress.done(report.describe())
         summary = self.summary(entity=self.entity, **report.summary())
         self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
 
-    def _upsert_row(self, row: dict[str, Any]) -> tuple[str, Any]:
+
+class _PipedriveUpsertSteps:
+    """How a Pipedrive row is found, compared, created and updated (common/upsert.py runs the loop).
+
+    :param index: records by key (``lookup="index"``), kept current as rows are written; None: each new
+        key is searched for under its claim.
+    """
+
+    def __init__(self, hook: PipedriveHook, entity: str, key_field: str,
+                 index: dict[str, dict[str, Any]] | None) -> None:
+        self.hook = hook
+        self.entity = entity
+        self.key_field = key_field
+        self.index = index
+
+    def prepare(self, row: dict[str, Any]) -> PreparedRow:
         # the key as Pipedrive keeps it (emails lower-cased, text trimmed), once: the lookup, the index,
         # the create's own lookup and the record written all use this value
         key_value = normalise_key(self.key_field, _key_value(row.get(self.key_field)))
@@ -247,25 +253,37 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         if self.entity == "persons" and isinstance(data.get("phone"), str):
             data["phones"] = [{"value": data.pop("phone"), "primary": True, "label": "work"}]
         body = self.hook.encode_record(self.entity, data)  # validates names before any write
-        existing = self._index.get(match_key(key_value)) if self._index is not None else None
-        if existing is None:
-            # Under the key's claim (shared with every process using this store): the record another
-            # writer created meanwhile, else a fresh search (search lookup), else a create.
-            existing, created = create_keyed(self.hook, self.entity, self.key_field, key_value, data,
-                                             trust_absent=self._index is not None)
-            self._remember(existing, key_value)
-            if created:
-                return "created", existing["id"]
-        if _unchanged(existing, body):
-            return "unchanged", existing["id"]
-        updated = self.hook.update(self.entity, existing["id"], data)
-        self._remember(updated if isinstance(updated, dict) and updated.get("id") else existing, key_value)
-        return "updated", existing["id"]
+        return PreparedRow(match_key(key_value), (key_value, data, body))
 
-    def _remember(self, record: dict[str, Any], key_value: Any) -> None:
+    def find(self, row: PreparedRow) -> dict[str, Any] | None:
+        return self.index.get(str(row.key)) if self.index is not None else None
+
+    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
+        # Under the key's claim (shared with every process using this store): the record another
+        # writer created meanwhile, else a fresh search (search lookup), else a create.
+        key_value, data, _ = row.payload
+        record, created = create_keyed(self.hook, self.entity, self.key_field, key_value, data,
+                                       trust_absent=self.index is not None)
+        self._remember(record, row)
+        return record, created
+
+    def changes(self, record: dict[str, Any], row: PreparedRow) -> bool:
+        return not _unchanged(record, row.payload[2])
+
+    def update(self, record: dict[str, Any], changes: Any, row: PreparedRow) -> None:
+        updated = self.hook.update(self.entity, record["id"], row.payload[1])
+        self._remember(updated if isinstance(updated, dict) and updated.get("id") else record, row)
+
+    def finish(self, record: dict[str, Any], row: PreparedRow, created: bool) -> None:
+        return None
+
+    def ident(self, record: dict[str, Any]) -> Any:
+        return record["id"]
+
+    def _remember(self, record: dict[str, Any], row: PreparedRow) -> None:
         """Keep the index current, so a later row with the same key updates instead of creating."""
-        if self._index is not None:
-            self._index[match_key(key_value)] = record
+        if self.index is not None:
+            self.index[str(row.key)] = record
 
 
 def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
@@ -281,45 +299,6 @@ def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
         elif existing.get(key) != value:
             return False
     return True
-
-
-def _parse_update_time(value: Any) -> datetime | None:
-    """``update_time`` in v2 (RFC 3339), v1 (``YYYY-MM-DD HH:MM:SS`` UTC) or leads (with milliseconds)."""
-    if not value:
-        return None
-    text = str(value).strip().replace(" ", "T").replace("Z", "+00:00")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
-
-
-def _updated_at_or_after(record: dict[str, Any], until: datetime) -> bool:
-    moment = _parse_update_time(record.get("update_time"))
-    return moment is not None and moment.replace(microsecond=0) >= until
-
-
-def _unique_ids(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Offset pages can shift when a record enters the filtered set mid-export: never emit one twice."""
-    seen: set[Any] = set()
-    for record in records:
-        if record.get("id") in seen:
-            continue
-        seen.add(record.get("id"))
-        yield record
-
-
-def _v1_time(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PipedriveExportOperator(_PipedriveOperator):
@@ -397,132 +376,33 @@ class PipedriveExportOperator(_PipedriveOperator):
                       self.path, self.fmt, max(1, self.slices), describe_limits(limiter))
         progress = Progress(self.log, self.entity, stats=limiter.stats)
         counts = {"records": 0, "deleted": 0, "archived": 0}
-        self._slicing: dict[str, int] = {}
-        # the field definitions load while the first pages are on their way, not before them
-        definitions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-fields")
-        fmap_future = (definitions.submit(self.hook.field_map, self.entity)
-                       if self.rename_custom_fields and info.fields_endpoint and not window.empty else None)
-        fmap: FieldMap | None = None
+        reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
+                             include_deleted=self.include_deleted, slices=self.slices)
+        if self.rename_custom_fields and info.fields_endpoint and not window.empty:
+            reader.load_fields()  # the field definitions load while the first pages are on their way
         columns = None
         if self.fmt == "csv" and not self.fieldnames:
             # a stable CSV header: the entity's declared fields first (custom ones by name)
-            fmap = fmap_future.result() if fmap_future is not None else None
-            columns = _declared_columns(fmap, self.rename_custom_fields,
-                                        self.include_deleted, self.include_archived)
+            columns = declared_columns(reader.field_map(), self.rename_custom_fields, self.include_deleted,
+                                       self.include_archived)
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
-                                owner=task_label(self, context)) as writer, definitions:
-            for record in self._records(start, end) if not window.empty else ():
-                if fmap_future is not None and fmap is None:
-                    fmap = fmap_future.result()
-                deleted = bool(record.get("is_deleted")) or record.get("status") == "deleted"
-                archived = bool(record.get("is_archived"))
-                if fmap is not None:
-                    record = fmap.rename_record(record, labels=self.option_labels)
-                if deleted:
-                    record["_deleted"] = True
-                    counts["deleted"] += 1
-                elif archived and self.include_archived:
-                    record["_archived"] = True
-                    counts["archived"] += 1
+                                owner=task_label(self, context)) as writer, reader:
+            for record in reader.records(start, end) if not window.empty else ():
+                record, counted = mark(record, reader.field_map(), labels=self.option_labels, archived_too=self.include_archived)
+                if counted != "records":
+                    counts[counted] += 1
                 writer.write(record)
                 progress.add()
         counts["records"] = writer.count
         progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        if self._slicing.get("splits"):
-            self.log.info("Slices rebalanced %d times while running", self._slicing["splits"])
+        if reader.stats.get("splits"):
+            self.log.info("Slices rebalanced %d times while running", reader.stats["splits"])
         emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path),
                                                  "range": window.as_dict()})
         summary = self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
         self.log.info("Summary:\n%s", summary_table(summary))
         return summary
-
-    def _filters(self, start: datetime | None, end: datetime | None, status: str | None = None) -> dict[str, Any]:
-        info = entity_info(self.entity)
-        filters: dict[str, Any] = {}
-        if start is not None:
-            filters["updated_since"] = _rfc3339(start) if info.version == "v2" else _v1_time(start)
-        if end is not None and info.server_side_until:
-            filters["updated_until"] = _rfc3339(end)
-        if "sort_by" in info.filters:
-            filters.update({"sort_by": "update_time", "sort_direction": "asc"})
-        elif "sort" in info.filters:
-            # offset pages in id order: a record updated while we page stays where it was
-            filters["sort"] = "id ASC"
-        if status:
-            filters["status"] = status
-        return filters
-
-    def _slice_records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        records = self._fetch(start, end)
-        info = entity_info(self.entity)
-        if info.pagination == "offset":
-            records = _unique_ids(records)
-        if end is not None and not info.server_side_until:
-            # the API takes updated_since only (v1 leads and notes, v2 products): apply the half-open end
-            # here, at the same second precision, or a record updated after `end` would come out twice
-            until = end.astimezone(timezone.utc).replace(microsecond=0)
-            records = (r for r in records if not _updated_at_or_after(r, until))
-        yield from records
-
-    def _fetch(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        yield from self.hook.iter_records(self.entity, **self._filters(start, end))
-        if self.include_archived:
-            yield from self.hook.iter_records(self.entity, archived=True, **self._filters(start, end))
-        if self.include_deleted:
-            yield from self.hook.iter_records(self.entity, **self._filters(start, end, "deleted"))
-
-    def _records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        if self.slices <= 1 or start is None or end is None:
-            yield from self._slice_records(start, end)
-            return
-        info = entity_info(self.entity)
-        if info.server_side_until and "sort_by" in info.filters:
-            yield from self._balanced_records(start, end)
-            return
-        step = (end - start) / self.slices
-        bounds = [(start + step * i, start + step * (i + 1) if i < self.slices - 1 else end)
-                  for i in range(self.slices)]
-        # whole seconds, so slice edges line up with the API's second-precision filters
-        bounds = [(a.replace(microsecond=0), b.replace(microsecond=0) if b != end else b) for a, b in bounds]
-        sources = [lambda a=a, b=b: self._slice_records(a, b) for a, b in bounds if b > a]
-        yield from merge_parallel(sources, self.slices, max_buffered=2000)
-
-
-    def _balanced_records(self, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
-        """The interval in ``slices`` parallel time slices, rebalanced as they run (common/slicing.py)."""
-        kinds = ["live"] + ["archived"] * self.include_archived + ["deleted"] * self.include_deleted
-        first, last = int(start.timestamp()), int(end.timestamp())
-        step = (last - first) / self.slices
-        cuts = [first + round(step * i) for i in range(self.slices)] + [last]
-        slices = [Slice(kind, a, b) for kind in kinds for a, b in itertools.pairwise(cuts) if b > a]
-
-        def fetch(kind: str, a: int, b: int) -> Iterator[dict[str, Any]]:
-            filters = self._filters(_from_epoch(a), _from_epoch(b), "deleted" if kind == "deleted" else None)
-            return self.hook.iter_records(self.entity, archived=kind == "archived", **filters)
-
-        yield from fetch_balanced(fetch, _update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
-                                  stats=self._slicing)
-
-
-def _declared_columns(fmap: FieldMap | None, by_name: bool, deleted: bool, archived: bool) -> list[str]:
-    columns = ["id"]
-    for definition in fmap.definitions if fmap is not None else []:
-        custom = definition.get("key") in fmap.by_key  # type: ignore[union-attr]
-        name = str(definition["name"] if custom and by_name else definition.get("key"))
-        if name not in columns:
-            columns.append(name)
-    return columns + ["_deleted"] * deleted + ["_archived"] * archived
-
-
-def _from_epoch(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
-
-
-def _update_epoch(record: dict[str, Any]) -> int | None:
-    moment = _parse_update_time(record.get("update_time"))
-    return None if moment is None else int(moment.timestamp())
-
 
 class PipedriveMailExportOperator(_PipedriveOperator):
     """Export the mail threads of a folder, each with its messages, to JSON Lines (streamed, atomic).

@@ -18,11 +18,11 @@ from airflow_provider_crm.clients.pipefy.writes import (
     create_record_keyed,
 )
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
-from airflow_provider_crm.common.errors import CrmError, CrmInputError, CrmNotFoundError, CrmPermissionError
+from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
@@ -240,6 +240,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     :param phase: phase (id or name) to move created or updated cards to.
     :param rejects_path: JSON Lines file for rows that failed, with the error.
     :param max_failure_ratio: fail the task when more than this fraction of rows failed (0: any failure).
+    :param max_workers: most rows written at once (never two with the same key). Default: enough to
+        keep the plan's request window busy, at most 32; the rate limiter holds the rate either way.
     :param pipefy_conn_id: the Pipefy connection.
     """
 
@@ -249,8 +251,9 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     def __init__(self, *, pipe_id: str | int, rows: Any, key_field: str, field_map: dict[str, str] | None = None,
                  title_column: str | None = None, phase: str | int | None = None,
                  rejects_path: str | ObjectStoragePath | None = None, max_failure_ratio: float = 0.0,
-                 **kwargs: Any) -> None:
+                 max_workers: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.max_workers = max_workers
         self.pipe_id = pipe_id
         self.rows = rows
         self.key_field = key_field
@@ -269,18 +272,15 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows, count = self._rows()
         # one lookup per row, a create or an update for most, a move for some
         estimate = count * (2 + (1 if target is not None else 0))
-        self.log.info("Upserting %d rows into pipe %s keyed by %r: at most about %d API calls; rate limit: %s",
-                      count, self.pipe_id, key["label"], estimate, describe_limits(hook.limiter))
+        workers = upsert_workers(hook.limiter, self.max_workers)
+        self.log.info("Upserting %d rows into pipe %s keyed by %r, %d at a time: at most about %d API calls; "
+                      "rate limit: %s", count, self.pipe_id, key["label"], workers, estimate,
+                      describe_limits(hook.limiter))
         hook.limiter.check_quota(estimate)
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
-        for index, row in enumerate(rows, start=1):
-            try:
-                outcome, card_id = self._upsert_row(row, key, key_column, meta, target)
-                report.record(outcome, card_id)
-            except CrmError as err:
-                report.reject(index, row, err)
-            progress.add()
+        steps = _PipefyUpsertSteps(self, key, key_column, meta, target)
+        run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
         summary = self.summary(pipe_id=str(self.pipe_id), **report.summary())
@@ -296,7 +296,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows = list(read_rows(source))
         return iter(rows), len(rows)
 
-    def _is_field(self, meta: list[dict[str, Any]], column: str) -> bool:
+    def is_field(self, meta: list[dict[str, Any]], column: str) -> bool:
         """Whether a column (the title column) also names a field: then it is written to both."""
         try:
             self.hook.resolve_field(meta, self.field_map.get(column, column), f"pipe {self.pipe_id}")
@@ -304,57 +304,73 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
             return False
         return True
 
-    def _upsert_row(self, row: dict[str, Any], key: dict[str, Any], key_column: str, meta: list[dict[str, Any]],
-                    target: dict[str, Any] | None) -> tuple[str, str]:
-        if row.get(key_column) in (None, ""):
-            raise CrmInputError(f"key column {key_column!r} is empty")
-        values = {self.field_map.get(col, col): val for col, val in row.items()
-                  if val is not None and (col != self.title_column or self._is_field(meta, col))}
+
+class _PipefyUpsertSteps:
+    """How a row becomes a card: found by its key field, compared, created, updated, moved to ``target``
+    (common/upsert.py runs the loop)."""
+
+    def __init__(self, operator: PipefyUpsertCardsOperator, key: dict[str, Any], key_column: str,
+                 meta: list[dict[str, Any]], target: dict[str, Any] | None) -> None:
+        self.op = operator
+        self.hook = operator.hook
+        self.pipe_id = operator.pipe_id
+        self.key = key
+        self.key_column = key_column
+        self.meta = meta
+        self.target = target
+
+    def prepare(self, row: dict[str, Any]) -> PreparedRow:
+        op = self.op
+        if row.get(self.key_column) in (None, ""):
+            raise CrmInputError(f"key column {self.key_column!r} is empty")
+        values = {op.field_map.get(col, col): val for col, val in row.items()
+                  if val is not None and (col != op.title_column or op.is_field(self.meta, col))}
         for name in values:
-            self.hook.resolve_field(meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
-        key_value = to_pipefy_value(key, row[key_column])
-        found = self.hook.find_cards(self.pipe_id, key["id"], key_value)
-        title = row.get(self.title_column) if self.title_column else None
-        card: dict[str, Any] | None = found[0] if found else None
-        created: dict[str, Any] | None = None
-        if card is None:
-            # under the key's claim (shared by every process using this store), so two upserts of the
-            # same rows at once create each card once
-            card, made = self._create_once(key, key_value, title, values, key_column)
-            created = card if made else None
-        if created is None:
-            current = {item["field"]["id"]: item for item in card.get("fields") or []}
-            changed = {}
-            for name, value in values.items():
-                field = self.hook.resolve_field(meta, name, f"pipe {self.pipe_id}")
-                have = current.get(field["id"])
-                if not same_value(field, machine_value(have) if have else None, to_pipefy_value(field, value)):
-                    changed[name] = value
-            attrs = {"title": title} if title and title != card.get("title") else {}
-            if changed or attrs:
-                self.hook.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
-                outcome = "updated"
-            else:
-                outcome = "unchanged"
-            card_id = card["id"]
-            phase_now = card["current_phase"]["id"]
-        else:
-            card_id, outcome = created["id"], "created"
-            phase_now = (created.get("current_phase") or {}).get("id")
-            if phase_now is None and target is not None:
-                phase_now = self.hook.get_card(card_id)["current_phase"]["id"]
-        if target is not None and str(phase_now) != str(target["id"]):
-            self.hook.move_card(card_id, target["id"])
-        return outcome, str(card_id)
+            self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
+        key_value = to_pipefy_value(self.key, row[self.key_column])
+        title = row.get(op.title_column) if op.title_column else None
+        return PreparedRow(repr(key_value), (key_value, values, title))
 
+    def find(self, row: PreparedRow) -> dict[str, Any] | None:
+        found = self.hook.find_cards(self.pipe_id, self.key["id"], row.payload[0])
+        return found[0] if found else None
 
-    def _create_once(self, key: dict[str, Any], key_value: Any, title: Any, values: dict[str, Any],
-                     key_column: str) -> tuple[dict[str, Any], bool]:
-        """The card whose key field holds ``key_value``: one another writer made meanwhile, else a new one."""
+    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
+        # under the key's claim (shared by every process using this store), so two upserts of the
+        # same rows at once create each card once
+        key_value, values, title = row.payload
+        key_field = self.op.field_map.get(self.key_column, self.key_column)
         return create_card_once(
-            self.hook.client, self.pipe_id, key, key_value, searched=True,
-            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values,
-                                                 key_field=self.field_map.get(key_column, key_column)))
+            self.hook.client, self.pipe_id, self.key, key_value, searched=True,
+            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values, key_field=key_field))
+
+    def changes(self, card: dict[str, Any], row: PreparedRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        _, values, title = row.payload
+        current = {item["field"]["id"]: item for item in card.get("fields") or []}
+        changed = {}
+        for name, value in values.items():
+            field = self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")
+            have = current.get(field["id"])
+            if not same_value(field, machine_value(have) if have else None, to_pipefy_value(field, value)):
+                changed[name] = value
+        attrs = {"title": title} if title and title != card.get("title") else {}
+        return (changed, attrs) if changed or attrs else None
+
+    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: PreparedRow) -> None:
+        changed, attrs = changes
+        self.hook.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
+
+    def finish(self, card: dict[str, Any], row: PreparedRow, created: bool) -> None:
+        if self.target is None:
+            return
+        phase_now = (card.get("current_phase") or {}).get("id")
+        if phase_now is None and created:
+            phase_now = self.hook.get_card(card["id"])["current_phase"]["id"]
+        if str(phase_now) != str(self.target["id"]):
+            self.hook.move_card(card["id"], self.target["id"])
+
+    def ident(self, card: dict[str, Any]) -> str:
+        return str(card["id"])
 
 
 class _PipefyExportOperator(_PipefyOperator):

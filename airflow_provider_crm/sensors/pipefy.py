@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from functools import cached_property
-from typing import Any, NoReturn
+from typing import Any
 
-from airflow.providers.common.compat.sdk import (
-    AirflowException,
-    AirflowFailException,
-    AirflowSensorTimeout,
-    AirflowSkipException,
-)
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_crm.clients.pipefy.values import card_fields
 from airflow_provider_crm.common.context import data_interval, push_link
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink
+from airflow_provider_crm.sensors.base import CrmSensor
 from airflow_provider_crm.triggers.pipefy import (
     PipefyCardPhaseTrigger,
     PipefyPhaseTrigger,
@@ -27,34 +21,11 @@ from airflow_provider_crm.triggers.pipefy import (
 )
 
 
-def _default_deferrable() -> bool:
-    from airflow.providers.common.compat.sdk import conf
-
-    return conf.getboolean("operators", "default_deferrable", fallback=False)
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
 class PipefyCardFailedError(AirflowFailException):
     """The card reached a failure phase or was deleted: waiting longer cannot succeed."""
 
 
-def _event_failure(sensor: BaseSensorOperator, event: dict[str, Any], what: str) -> NoReturn:
-    """Raise for a trigger event that is not a success: timeout (skip with ``soft_fail``) or error."""
-    status = event.get("status")
-    message = event.get("message") or ""
-    if status == "timeout":
-        if sensor.soft_fail:
-            raise AirflowSkipException(f"{what}: timed out ({message}); skipping (soft_fail)")
-        raise AirflowSensorTimeout(f"{what}: timed out: {message}")
-    raise AirflowException(f"{what}: trigger ended with {status}: {message}")
-
-
-class PipefyCardPhaseSensor(BaseSensorOperator):
+class PipefyCardPhaseSensor(CrmSensor):
     """Wait until a card reaches one of the target phases; fail at once on a failure phase or deletion.
 
     Pushes the card's phase and fields (by label and id) as its return value.
@@ -72,13 +43,12 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
 
     def __init__(self, *, card_id: str | int, target_phases: list[str | int] | str | int,
                  failure_phases: list[str | int] | None = None, pipefy_conn_id: str = PipefyHook.default_conn_name,
-                 deferrable: bool | None = None, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.card_id = card_id
         self.target_phases = target_phases if isinstance(target_phases, list) else [target_phases]
         self.failure_phases = failure_phases or []
         self.pipefy_conn_id = pipefy_conn_id
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
 
     @cached_property
     def hook(self) -> PipefyHook:
@@ -104,44 +74,38 @@ class PipefyCardPhaseSensor(BaseSensorOperator):
             raise PipefyCardFailedError(f"card {card['id']} reached failure phase {phase['name']!r}")
         return info if str(phase["id"]) in targets else None
 
-    def execute(self, context: Any) -> Any:
+    @property
+    def waiting_for(self) -> str:
+        return f"card {self.card_id}"
+
+    def prepare(self, context: Any) -> None:
         push_link(context, PipefyCardLink.xcom_key, self.hook.card_url(self.card_id))
-        if not self.deferrable:
-            return super().execute(context)
-        card = self._card()
-        targets, failures = self._phase_ids(card)
-        done = self._check(card, targets, failures)
-        if done is not None:
-            return done
-        self.log.info("Card %s is in phase %r; deferring until it reaches %s", self.card_id,
-                      card["current_phase"]["name"], self.target_phases)
-        self.defer(
-            trigger=PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id,
-                                           poll_interval=_seconds(self.poke_interval) or 60.0,
-                                           timeout=_seconds(self.timeout) or None),
-            method_name="execute_complete",
-        )
 
-    def poke(self, context: Any) -> PokeReturnValue:
+    def check(self, context: Any) -> dict[str, Any] | None:
         card = self._card()
         targets, failures = self._phase_ids(card)
-        info = self._check(card, targets, failures)
         self.log.info("Card %s is in phase %r", self.card_id, card["current_phase"]["name"])
-        return PokeReturnValue(is_done=info is not None, xcom_value=info)
+        return self._check(card, targets, failures)
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+    def trigger(self, context: Any) -> PipefyCardPhaseTrigger:
+        targets, failures = self._phase_ids(self._card())
+        self.log.info("Deferring until card %s reaches %s", self.card_id, self.target_phases)
+        return PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id,
+                                      **self.trigger_timing())
+
+    def event_result(self, event: dict[str, Any]) -> dict[str, Any] | None:
         status = event.get("status")
-        if status == "success":
-            self.log.info("Card %s reached phase %r", event["card_id"], event["phase"])
-            return {k: event[k] for k in ("card_id", "phase_id", "phase", "fields")}
         if status == "failure":
             raise PipefyCardFailedError(f"card {event['card_id']} reached failure phase {event['phase']!r}")
         if status == "deleted":
             raise PipefyCardFailedError(f"card {event['card_id']} was deleted: {event.get('message')}")
-        _event_failure(self, event, f"waiting for card {self.card_id}")
+        if status != "success":
+            return None
+        self.log.info("Card %s reached phase %r", event["card_id"], event["phase"])
+        return {k: event[k] for k in ("card_id", "phase_id", "phase", "fields")}
 
 
-class PipefyPhaseSensor(BaseSensorOperator):
+class PipefyPhaseSensor(CrmSensor):
     """Wait until a phase holds at least ``min_cards`` cards, optionally only cards that entered it since
     the data interval began (from each card's phase history). Returns their ids.
 
@@ -156,15 +120,13 @@ class PipefyPhaseSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("pipe_id", "phase")
 
     def __init__(self, *, pipe_id: str | int, phase: str | int, min_cards: int = 1, since_interval_start: bool = False,
-                 pipefy_conn_id: str = PipefyHook.default_conn_name, deferrable: bool | None = None,
-                 **kwargs: Any) -> None:
+                 pipefy_conn_id: str = PipefyHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipe_id = pipe_id
         self.phase = phase
         self.min_cards = min_cards
         self.since_interval_start = since_interval_start
         self.pipefy_conn_id = pipefy_conn_id
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
 
     @cached_property
     def hook(self) -> PipefyHook:
@@ -176,23 +138,25 @@ class PipefyPhaseSensor(BaseSensorOperator):
         start, _ = data_interval(context)
         return start.strftime("%Y-%m-%dT%H:%M:%SZ") if start else None
 
-    def execute(self, context: Any) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
-        phase = self.hook.resolve_phase(self.pipe_id, self.phase)
-        self.defer(trigger=PipefyPhaseTrigger(str(phase["id"]), self.min_cards, self._since(context),
-                                              self.pipefy_conn_id, poll_interval=_seconds(self.poke_interval) or 60.0,
-                                              timeout=_seconds(self.timeout) or None),
-                   method_name="execute_complete")
+    check_before_deferring = False  # defers at once, as it always has
 
-    def poke(self, context: Any) -> PokeReturnValue:
+    @property
+    def waiting_for(self) -> str:
+        return f"phase {self.phase!r}"
+
+    def check(self, context: Any) -> list[str] | None:
         phase = self.hook.resolve_phase(self.pipe_id, self.phase)
         ids = matching_card_ids(list(self.hook.iter_phase_cards(phase["id"])), self._since(context), phase["id"])
         self.log.info("Phase %r holds %d matching cards (waiting for %d)", phase["name"], len(ids), self.min_cards)
-        return PokeReturnValue(is_done=len(ids) >= self.min_cards, xcom_value=ids)
+        return ids if len(ids) >= self.min_cards else None
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> list[str]:
+    def trigger(self, context: Any) -> PipefyPhaseTrigger:
+        phase = self.hook.resolve_phase(self.pipe_id, self.phase)
+        return PipefyPhaseTrigger(str(phase["id"]), self.min_cards, self._since(context), self.pipefy_conn_id,
+                                  **self.trigger_timing())
+
+    def event_result(self, event: dict[str, Any]) -> list[str] | None:
         if event.get("status") != "success":
-            _event_failure(self, event, f"waiting for phase {self.phase!r}")
+            return None
         self.log.info("Phase %r holds %d matching cards", self.phase, len(event["card_ids"]))
         return event["card_ids"]

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from airflow_provider_crm.common import ratelimit
+from airflow_provider_crm.common.ratelimit import stores
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook
 from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("seats", [50, 1])
 def test_a_wrong_seat_count_neither_warns_nor_refuses(sandbox, monkeypatch, caplog, context, tmp_path, seats):
-    monkeypatch.setattr(ratelimit, "_STORES", {})
+    monkeypatch.setattr(stores, "_STORES", {})
     monkeypatch.setenv("AIRFLOW_CONN_PIPEDRIVE_DEFAULT", json.dumps({
         "conn_type": "pipedrive", "host": sandbox.info()["pipedrive_url"], "password": "sandbox-pipedrive-token",
         "extra": {"rate_limit_store": "memory", "plan": "ultimate", "seats": seats}}))

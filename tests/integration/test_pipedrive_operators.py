@@ -143,12 +143,12 @@ def test_upsert_by_email_and_custom_field_no_duplicates(connections, context, sa
 @pytest.mark.parametrize("key_field", ["email", "Customer id"])
 def test_indexed_upsert_matches_like_search_and_never_creates_twice(connections, context, sandbox, monkeypatch,
                                                                      key_field):
-    from airflow_provider_crm.hooks.pipedrive import PipedriveHook
+    from airflow_provider_crm.clients.pipedrive.client import PipedriveApi
 
     def no_search(*args, **kwargs):
         raise AssertionError("an indexed upsert must not search")
 
-    monkeypatch.setattr(PipedriveHook, "search", no_search)
+    monkeypatch.setattr(PipedriveApi, "search_op", no_search)
     if key_field == "email":
         rows = [{"email": "PERSON3@example.com ", "name": "Person Three"},  # existing, case and spaces differ
                 {"email": "fresh@example.com", "name": "Fresh"},
@@ -199,8 +199,8 @@ def test_oauth_refresh_rotates_and_keeps_working(monkeypatch, sandbox):
     hook = PipedriveHook("pipedrive_oauth")
     ok, message = hook.test_connection()
     assert ok, message
-    assert hook.settings["base_url"] == info["pipedrive_url"]  # api_domain from the token answer
-    hook._refresh_access_token()  # the rotated refresh token is used for the next refresh
+    assert hook.base_url == info["pipedrive_url"]  # api_domain from the token answer
+    hook.client.transport.refresh()  # the rotated refresh token is used for the next refresh
     assert hook.get("deals", 1)["id"] == 1
 
 

@@ -16,9 +16,10 @@ PROCESSES = 4
 
 
 def _worker(base_url: str, token: str, store: str, results: multiprocessing.Queue) -> None:
-    from airflow_provider_crm.common.ratelimit import build_limiter
+    from airflow_provider_crm.clients.pipedrive.policy import pipedrive_policy
+    from airflow_provider_crm.common.ratelimit.limiter import build_limiter
 
-    limiter = build_limiter("pipedrive", token, plan="lite", store=store, max_wait=60)
+    limiter = build_limiter(pipedrive_policy("lite"), token, store=store, max_wait=60)
     statuses = []
     session = requests.Session()
     for _ in range(REQUESTS_PER_PROCESS):
@@ -73,10 +74,11 @@ def test_redis_store_keeps_four_processes_within_the_limit(sandbox, redis_url):
 
 
 def _pipefy_caller(store: str, token: str, results: multiprocessing.Queue) -> None:
+    from airflow_provider_crm.clients.pipefy.policy import pipefy_policy
     from airflow_provider_crm.common.errors import CrmWaitTooLongError
-    from airflow_provider_crm.common.ratelimit import build_limiter
+    from airflow_provider_crm.common.ratelimit.limiter import build_limiter
 
-    limiter = build_limiter("pipefy", token, store=store, max_wait=5)
+    limiter = build_limiter(pipefy_policy(), token, store=store, max_wait=5)
     try:
         limiter.before_request()
         results.put("sent")
@@ -87,9 +89,10 @@ def _pipefy_caller(store: str, token: str, results: multiprocessing.Queue) -> No
 @pytest.mark.parametrize("store_kind", ["file", "redis"])
 def test_pipefy_block_from_one_process_is_respected_by_another(tmp_path, store_kind, request):
     store = request.getfixturevalue("redis_url") if store_kind == "redis" else f"file://{tmp_path}"
-    from airflow_provider_crm.common.ratelimit import build_limiter
+    from airflow_provider_crm.clients.pipefy.policy import pipefy_policy
+    from airflow_provider_crm.common.ratelimit.limiter import build_limiter
 
-    build_limiter("pipefy", "blocked-token", store=store).after_response(429, {})
+    build_limiter(pipefy_policy(), "blocked-token", store=store).after_response(429, {})
     ctx = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = ctx.Queue()
     proc = ctx.Process(target=_pipefy_caller, args=(store, "blocked-token", results))

@@ -9,6 +9,7 @@ import json
 import pytest
 import requests
 
+from airflow_provider_crm.clients.pipedrive.transport import Call
 from airflow_provider_crm.clients.pipefy.documents import ME
 from airflow_provider_crm.common.errors import CrmTransientApiError
 from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHook
@@ -46,7 +47,7 @@ def test_the_truncate_fault_cuts_the_body_and_closes_the_connection(sandbox):
 def test_a_truncated_answer_is_a_retryable_error_with_the_real_status(connections, sandbox):
     _faults(sandbox, {"service": "pipedrive", "mode": "truncate", "count": 1, "path_contains": "/deals/1"})
     with pytest.raises(CrmTransientApiError) as caught:
-        PipedriveHook()._request_once("GET", "v2", "/deals/1", None, None, "read")
+        PipedriveHook().client.transport.request_once(Call("GET", "v2", "/deals/1"))
     assert caught.value.status == 200 and "cut short" in str(caught.value)
     assert "sandbox-pipedrive-token" not in str(caught.value)
 

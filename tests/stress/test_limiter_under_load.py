@@ -47,11 +47,9 @@ def _hog(until: float) -> None:
 
 def _worker(index: int, jobs: Any, ready: Any, results: Any) -> None:
     """One task process, one repetition: import, build the limiter, say ready, wait for go, send for ``seconds``."""
-    from airflow_provider_crm.common.ratelimit import (
-        build_limiter,
-        default_store_location,
-        pipedrive_token_cost,
-    )
+    from airflow_provider_crm.clients.pipedrive.policy import pipedrive_policy, token_cost
+    from airflow_provider_crm.common.ratelimit.limiter import build_limiter
+    from airflow_provider_crm.common.ratelimit.stores import default_store_location
 
     default_store_location()  # Airflow's configuration imported here, before the job
     writer = index % 2 == 1  # half export, half upsert
@@ -60,7 +58,7 @@ def _worker(index: int, jobs: Any, ready: Any, results: Any) -> None:
     if job is None:
         return
     base_url, token, store = job
-    limiter = build_limiter("pipedrive", token, plan="lite", store=store, max_wait=60)
+    limiter = build_limiter(pipedrive_policy("lite"), token, store=store, max_wait=60)
     session = requests.Session()
     headers = {"x-api-token": token}
     ready.put(index)
@@ -75,7 +73,7 @@ def _worker(index: int, jobs: Any, ready: Any, results: Any) -> None:
             body: dict[str, Any] | None = {"name": f"stress {index}-{n}"}
         else:
             kind, method, path, body = "read", "GET", "/persons", None
-        limiter.before_request(kind=kind, cost=pipedrive_token_cost(method, path, "v2"))
+        limiter.before_request(kind=kind, cost=token_cost(method, path, "v2"))
         resp = session.request(method, f"{base_url}/api/v2{path}", headers=headers, json=body,
                                params=None if writer else {"limit": 20}, timeout=30)
         limiter.after_response(resp.status_code, resp.headers, kind=kind)

@@ -53,7 +53,7 @@ def test_an_extra_that_is_not_a_json_object_fails_naming_connection_and_field(mo
 async def test_the_async_hook_fails_on_a_bad_extra_too(monkeypatch):
     _conn(monkeypatch, "bad_extra_async", "pipedrive", '{"plan": "ultimate",')
     with pytest.raises(CrmConfigError) as caught:
-        await PipedriveAsyncHook("bad_extra_async")._asettings()
+        await PipedriveAsyncHook("bad_extra_async").aclient()
     _assert_names(caught.value, "bad_extra_async", "extra")
 
 

@@ -38,15 +38,15 @@ def test_pipedrive_token_company_domain_and_old_plan_names(monkeypatch):
     set_conn(monkeypatch, "pd", conn_type="pipedrive", password=SECRET,
              extra={"company_domain": "acme", "plan": "professional", "seats": "4"})
     s = PipedriveHook("pd").settings
-    assert s["base_url"] == "https://acme.pipedrive.com"
-    assert (s["auth_type"], s["plan"], s["seats"]) == ("token", "premium", 4)
+    assert s.base_url == "https://acme.pipedrive.com"
+    assert (s.auth_type, s.plan, s.seats) == ("token", "premium", 4)
 
 
 def test_pipedrive_oauth(monkeypatch):
     set_conn(monkeypatch, "pd", conn_type="pipedrive",
              extra={"client_id": "app", "client_secret": SECRET, "refresh_token": SECRET + "r", "plan": "ultimate"})
     s = PipedriveHook("pd").settings
-    assert (s["auth_type"], s["base_url"], s["oauth_token_url"]) == (
+    assert (s.auth_type, s.base_url, s.oauth_token_url) == (
         "oauth", "https://api.pipedrive.com", "https://oauth.pipedrive.com/oauth/token")
 
 

@@ -12,6 +12,7 @@ import responses
 import respx
 import urllib3
 
+from airflow_provider_crm.clients.pipedrive.transport import Call
 from airflow_provider_crm.clients.pipefy.documents import ME
 from airflow_provider_crm.common import http
 from airflow_provider_crm.common.errors import CrmRateLimitError, CrmTransientApiError
@@ -57,7 +58,7 @@ def test_pipedrive_read_is_retried_after_a_transport_failure(failure):
 def test_pipedrive_transport_failure_is_a_retryable_crm_error_without_the_token(failure):
     responses.get(f"{PD}/api/v2/deals/1", body=failure)
     with pytest.raises(CrmTransientApiError) as caught:
-        PipedriveHook("pd")._request_once("GET", "v2", "/deals/1", None, None, "read")
+        PipedriveHook("pd").client.transport.request_once(Call("GET", "v2", "/deals/1"))
     assert type(failure).__name__ in str(caught.value) and SECRET not in str(caught.value)
 
 
@@ -75,7 +76,7 @@ def test_pipefy_read_is_retried_after_a_transport_failure(failure):
 def test_an_invalid_json_body_is_retryable_with_its_real_status(body):
     responses.get(f"{PD}/api/v2/deals/1", body=body, status=200, content_type="application/json")
     with pytest.raises(CrmTransientApiError) as caught:
-        PipedriveHook("pd")._request_once("GET", "v2", "/deals/1", None, None, "read")
+        PipedriveHook("pd").client.transport.request_once(Call("GET", "v2", "/deals/1"))
     assert caught.value.status == 200 and "JSON" in str(caught.value) and "502" not in str(caught.value)
 
 
@@ -107,7 +108,7 @@ async def test_async_transport_failure_is_a_retryable_crm_error():
     with respx.mock() as mock:
         mock.get(f"{PD}/api/v2/deals/1").mock(side_effect=httpx.DecodingError("Error -3 while decompressing data"))
         with pytest.raises(CrmTransientApiError) as caught:
-            await PipedriveAsyncHook("pd")._aget_once("deals", 1)
+            await (await PipedriveAsyncHook("pd").aclient()).transport.request_once(Call("GET", "v2", "/deals/1"))
     assert "DecodingError" in str(caught.value) and SECRET not in str(caught.value)
 
 
@@ -119,7 +120,7 @@ def test_an_html_page_answered_with_200_is_reported_as_html_with_its_real_status
     """Issue 15, item 6: it was reported as "HTTP 502"."""
     responses.get(f"{PD}/api/v2/deals/1", body=HTML, status=200, content_type="text/html")
     with pytest.raises(CrmTransientApiError) as caught:
-        PipedriveHook("pd")._request_once("GET", "v2", "/deals/1", None, None, "read")
+        PipedriveHook("pd").client.transport.request_once(Call("GET", "v2", "/deals/1"))
     assert caught.value.status == 200 and "HTML page, not JSON" in str(caught.value)
     assert "502" not in str(caught.value) and "Maintenance" not in str(caught.value)
 
@@ -136,7 +137,7 @@ def test_pipefy_html_page_is_reported_as_html_with_its_real_status():
 def test_an_html_error_page_keeps_its_status_and_says_it_was_html():
     responses.get(f"{PD}/api/v2/deals/1", body=HTML, status=403, content_type="text/html")
     with pytest.raises(Exception) as caught:
-        PipedriveHook("pd")._request_once("GET", "v2", "/deals/1", None, None, "read")
+        PipedriveHook("pd").client.transport.request_once(Call("GET", "v2", "/deals/1"))
     assert "HTTP 403" in str(caught.value) and "HTML page" in str(caught.value)
 
 
@@ -145,7 +146,7 @@ async def test_async_html_page_is_reported_as_html_with_its_real_status():
         mock.get(f"{PD}/api/v2/deals/1").mock(return_value=httpx.Response(200, text=HTML,
                                                                           headers={"content-type": "text/html"}))
         with pytest.raises(CrmTransientApiError) as caught:
-            await PipedriveAsyncHook("pd")._aget_once("deals", 1)
+            await (await PipedriveAsyncHook("pd").aclient()).transport.request_once(Call("GET", "v2", "/deals/1"))
     assert caught.value.status == 200 and "HTML page, not JSON" in str(caught.value)
 
 

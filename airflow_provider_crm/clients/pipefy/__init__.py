@@ -1,7 +1,5 @@
-"""Pipefy's GraphQL API without Airflow: documents, values, errors, pagination, the gql transport and
-the clients. The hook (hooks/pipefy.py) turns an Airflow connection into :class:`PipefySettings`."""
+"""Pipefy's GraphQL API without Airflow: settings, documents, values, errors, pagination, the gql
+transport and the clients (``clients.pipefy.client.PipefyClient`` / ``PipefyAsyncClient``).
 
-from airflow_provider_crm.clients.pipefy.client import PipefyAsyncClient, PipefyClient
-from airflow_provider_crm.clients.pipefy.settings import PipefySettings
-
-__all__ = ["PipefyAsyncClient", "PipefyClient", "PipefySettings"]
+Nothing is imported here: ``get_provider_info`` reads ``clients.pipefy.policy`` while Airflow loads its
+configuration, before the client's modules can be imported."""

@@ -17,7 +17,7 @@ from airflow_provider_crm.clients.pipefy.settings import PipefySettings
 from airflow_provider_crm.clients.pipefy.transport import PipefySyncTransport
 from airflow_provider_crm.clients.pipefy.values import resolve_field, to_pipefy_value
 from airflow_provider_crm.common.errors import CrmApiError, CrmInputError
-from airflow_provider_crm.common.ratelimit import RateLimiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter
 from airflow_provider_crm.common.retry import call_with_retries
 from airflow_provider_crm.common.writes import create_safely
 

@@ -19,6 +19,7 @@ from airflow_provider_crm.clients.pipefy import documents as doc
 from airflow_provider_crm.clients.pipefy import pagination
 from airflow_provider_crm.clients.pipefy.base import UPDATE_FIELDS_BATCH, PipefyRequests, iso
 from airflow_provider_crm.clients.pipefy.errors import named_error
+from airflow_provider_crm.clients.pipefy.policy import pipefy_policy
 from airflow_provider_crm.clients.pipefy.settings import PipefySettings
 from airflow_provider_crm.clients.pipefy.transport import PipefyAsyncTransport
 from airflow_provider_crm.common.errors import (
@@ -28,16 +29,15 @@ from airflow_provider_crm.common.errors import (
     CrmTransientApiError,
     CrmValidationError,
 )
-from airflow_provider_crm.common.ratelimit import RateLimiter, build_limiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter, build_limiter
 from airflow_provider_crm.common.retry import acall_with_retries, call_with_retries
 
 
 def build_pipefy_limiter(settings: PipefySettings) -> RateLimiter:
     """The limiter of the connection's credential (shared through its store by every process using it)."""
-    return build_limiter("pipefy", settings.limiter_key, plan=settings.plan, store=settings.rate_limit_store,
-                         overrides={"requests_per_30s": settings.requests_per_30s,
-                                    "monthly_quota": settings.monthly_quota},
-                         conn_id=settings.conn_id)
+    policy = pipefy_policy(settings.plan, conn_id=settings.conn_id, overrides={
+        "requests_per_30s": settings.requests_per_30s, "monthly_quota": settings.monthly_quota})
+    return build_limiter(policy, settings.limiter_key, store=settings.rate_limit_store, conn_id=settings.conn_id)
 
 
 def _found(value: dict[str, Any] | None, what: str) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_crm.clients.pipefy.policy import DEFAULT_PLAN, PLANS
 from airflow_provider_crm.clients.pipefy.values import DATE_FORMATS, DEFAULT_DATE_FORMAT
 from airflow_provider_crm.common.errors import CrmConfigError
-from airflow_provider_crm.common.ratelimit import PIPEFY_MONTHLY_QUOTA
 from airflow_provider_crm.common.settings import ConnectionReader
 
 DEFAULT_API_URL = "https://api.pipefy.com/graphql"
@@ -29,7 +29,7 @@ class PipefySettings:
     client_id: str | None = None
     client_secret: str | None = None
     oauth_token_url: str = DEFAULT_OAUTH_TOKEN_URL
-    plan: str = "unlimited"
+    plan: str = DEFAULT_PLAN
     requests_per_30s: int | None = None
     monthly_quota: int | None = None
     rate_limit_store: str | None = None
@@ -67,7 +67,7 @@ class PipefySettings:
             client_id=client_id,
             client_secret=client_secret,
             oauth_token_url=reader.url("oauth_token_url", reader.text("oauth_token_url"), DEFAULT_OAUTH_TOKEN_URL),
-            plan=reader.choice("plan", tuple(PIPEFY_MONTHLY_QUOTA), "unlimited"),
+            plan=reader.choice("plan", PLANS, DEFAULT_PLAN),
             requests_per_30s=reader.positive_int("requests_per_30s"),
             monthly_quota=reader.positive_int("monthly_quota"),
             rate_limit_store=reader.store(),

@@ -35,7 +35,7 @@ from airflow_provider_crm.clients.pipefy.errors import read_answer, token_answer
 from airflow_provider_crm.clients.pipefy.settings import PipefySettings
 from airflow_provider_crm.common import http, jsoncodec
 from airflow_provider_crm.common.errors import CrmRateLimitError
-from airflow_provider_crm.common.ratelimit import RateLimiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter
 
 WHAT = "POST graphql"
 Answer = tuple[int, Any, bytes]  # status, headers, body

@@ -9,7 +9,10 @@ import logging
 import pytest
 import responses
 
-from airflow_provider_crm.common import ratelimit
+from airflow_provider_crm.clients.pipedrive.policy import pipedrive_policy
+from airflow_provider_crm.common.errors import CrmDailyBudgetExceededError
+from airflow_provider_crm.common.ratelimit import stores
+from airflow_provider_crm.common.ratelimit.limiter import build_limiter
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook
 
 PD = "https://pd.test"
@@ -32,7 +35,7 @@ def _answers(limit: int, remaining: int, count: int = 1, step: int = 1) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_stores(monkeypatch):
-    monkeypatch.setattr(ratelimit, "_STORES", {})
+    monkeypatch.setattr(stores, "_STORES", {})
 
 
 @responses.activate
@@ -60,8 +63,7 @@ def test_too_few_seats_on_the_connection_never_refuse_what_pipedrive_still_allow
     assert hook.get("deals", 1)["id"] == 1
     # another process sharing the store, before it has seen an answer of its own
     other = _hook(monkeypatch, "pd_seats1", plan="lite", seats=1)
-    other.__dict__["limiter"] = ratelimit.build_limiter("pipedrive", "tok-pd_seats1", plan="lite", seats=1,
-                                                        store="memory")
+    other.__dict__["limiter"] = build_limiter(pipedrive_policy("lite", seats=1), "tok-pd_seats1", store="memory")
     other.limiter.before_request(cost=10_000)
     assert other.limiter.quota_status()["daily token budget"]["limit"] == 1_050_000
     assert "daily token budget" not in caplog.text
@@ -72,5 +74,5 @@ def test_the_stated_budget_still_refuses_when_pipedrive_says_it_is_spent(monkeyp
     hook = _hook(monkeypatch, "pd_spent", plan="ultimate", seats=50)
     _answers(1_050_000, 5)
     hook.get("deals", 1)
-    with pytest.raises(ratelimit.CrmDailyBudgetExceededError, match="of 1050000 already used.*stated by pipedrive"):
+    with pytest.raises(CrmDailyBudgetExceededError, match="of 1050000 already used.*stated by pipedrive"):
         hook.limiter.before_request(cost=10)

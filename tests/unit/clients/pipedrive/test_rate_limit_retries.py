@@ -18,9 +18,9 @@ import pytest
 import responses
 import respx
 
-from airflow_provider_crm.common import ratelimit
 from airflow_provider_crm.common.errors import CrmRetryableError, CrmWaitTooLongError
-from airflow_provider_crm.common.ratelimit import DEFAULT_MAX_WAIT
+from airflow_provider_crm.common.ratelimit import stores
+from airflow_provider_crm.common.ratelimit.stores import DEFAULT_MAX_WAIT
 from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHook
 
 PD = "https://pd.test"
@@ -60,7 +60,7 @@ class FakeClock:
 def clock(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PD", json.dumps({
         "conn_type": "pipedrive", "host": PD, "password": "tok-429", "extra": {"rate_limit_store": "memory"}}))
-    monkeypatch.setattr(ratelimit, "_STORES", {})  # blocks of earlier tests were set on another clock
+    monkeypatch.setattr(stores, "_STORES", {})  # blocks of earlier tests were set on another clock
     random.seed(1)  # the backoff's jitter, the same whatever ran before
     return FakeClock(monkeypatch)
 

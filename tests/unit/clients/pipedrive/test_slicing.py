@@ -1,4 +1,4 @@
-"""Balanced time slices (common/slicing.py): nothing lost or repeated, idle workers take over work."""
+"""Balanced time slices (clients/pipedrive/slicing.py): nothing lost or repeated, idle workers take over work."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from airflow_provider_crm.common.slicing import Slice, fetch_balanced
+from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
 
 
 def _dataset(n: int, start: int, end: int, skew: float, seed: int = 7) -> list[dict]:

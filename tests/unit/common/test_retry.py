@@ -12,7 +12,7 @@ from airflow_provider_crm.common.errors import (
     CrmValidationError,
     CrmWaitTooLongError,
 )
-from airflow_provider_crm.common.ratelimit import LimiterStats
+from airflow_provider_crm.common.ratelimit.limiter import LimiterStats
 from airflow_provider_crm.common.retry import call_with_retries
 
 FAST = {"backoff_initial": 0.001, "backoff_max": 0.002}

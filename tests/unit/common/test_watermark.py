@@ -18,6 +18,7 @@ from airflow_provider_crm.common.watermark import (
     SINCE_START,
     SINCE_WATERMARK,
     WatermarkStore,
+    parse_moment,
     plan_window,
 )
 from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
@@ -138,3 +139,20 @@ def test_consecutive_pipedrive_runs_share_their_boundary_second(monkeypatch, tmp
     assert second["updated_since"] == first["updated_until"]
     assert second["updated_until"] == "2026-03-02T10:59:50Z"
     assert watermarks.values["crm_export_watermark.adhoc_airflow.e"]["until"] == "2026-03-02T10:59:50Z"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-01-01", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # no offset: UTC, never the worker's local time
+    ("2026-01-01T10:00:00Z", datetime(2026, 1, 1, 10, tzinfo=timezone.utc)),
+    ("2026-01-01T12:00:00+02:00", datetime(2026, 1, 1, 10, tzinfo=timezone.utc)),
+    ("20260101T100000", datetime(2026, 1, 1, 10, tzinfo=timezone.utc)),
+    (" 2026-01-01 10:00:00.75 ", datetime(2026, 1, 1, 10, tzinfo=timezone.utc)),
+])
+def test_start_accepts_iso_8601_texts_as_utc(text, expected):
+    assert parse_moment(text, "start") == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "P1D", ""])
+def test_start_that_is_not_a_moment_is_named(text):
+    with pytest.raises(ValueError, match="start must be an ISO 8601 date or time"):
+        parse_moment(text, "start")

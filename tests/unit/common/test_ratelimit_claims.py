@@ -6,12 +6,14 @@ import time
 
 import pytest
 
+from airflow_provider_crm.clients.pipedrive.policy import pipedrive_policy
 from airflow_provider_crm.common.errors import CrmWaitTooLongError
-from airflow_provider_crm.common.ratelimit import CLAIM_DEADLINE_S, build_limiter, get_store
+from airflow_provider_crm.common.ratelimit.limiter import CLAIM_DEADLINE_S, build_limiter
+from airflow_provider_crm.common.ratelimit.stores import get_store
 
 
 def test_window_claim_is_the_last_store_write_before_the_request_leaves():
-    limiter = build_limiter("pipedrive", "claims-order", plan="lite", store="memory")
+    limiter = build_limiter(pipedrive_policy("lite"), "claims-order", store="memory")
     order: list[str] = []
     store_add = limiter.store.add
     bucket = limiter._buckets["burst"]
@@ -34,7 +36,7 @@ def test_window_claim_is_the_last_store_write_before_the_request_leaves():
 
 
 def test_request_that_waits_too_long_gives_its_quota_back():
-    limiter = build_limiter("pipedrive", "claims-refund", plan="lite", store="memory", max_wait=0.01)
+    limiter = build_limiter(pipedrive_policy("lite"), "claims-refund", store="memory", max_wait=0.01)
     for _ in range(19):
         limiter.before_request(kind="write", cost=10)
     before = limiter.quota_status()
@@ -44,7 +46,7 @@ def test_request_that_waits_too_long_gives_its_quota_back():
 
 
 def test_claim_committed_late_is_taken_again():
-    limiter = build_limiter("pipedrive", "claims-late", plan="lite", store="memory")
+    limiter = build_limiter(pipedrive_policy("lite"), "claims-late", store="memory")
     bucket = limiter._buckets["burst"]
     put = bucket.put_decision
     calls = []
@@ -63,7 +65,7 @@ def test_claim_committed_late_is_taken_again():
 
 
 def test_file_store_reads_the_claim_time_under_the_buckets_file_lock(tmp_path):
-    limiter = build_limiter("pipedrive", "claims-lock", plan="lite", store=f"file://{tmp_path}")
+    limiter = build_limiter(pipedrive_policy("lite"), "claims-lock", store=f"file://{tmp_path}")
     bucket = limiter._buckets["burst"]
     assert get_store(f"file://{tmp_path}").claim_lock(bucket) is bucket.lock
     limiter.before_request()  # re-entrant: put() takes the same lock again
