@@ -11,18 +11,14 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.clients.pipefy import rows as export_rows
 from airflow_provider_crm.clients.pipefy.pagination import pages_for
-from airflow_provider_crm.clients.pipefy.values import machine_value, same_value, to_pipefy_value
-from airflow_provider_crm.clients.pipefy.writes import (
-    create_card_keyed,
-    create_card_once,
-    create_record_keyed,
-)
+from airflow_provider_crm.clients.pipefy.upsert import PipefyUpsertSteps
+from airflow_provider_crm.clients.pipefy.writes import create_card_keyed, create_record_keyed
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
-from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError, CrmPermissionError
+from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
+from airflow_provider_crm.common.upsert import UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
@@ -279,7 +275,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         hook.limiter.check_quota(estimate)
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
-        steps = _PipefyUpsertSteps(self, key, key_column, meta, target)
+        steps = PipefyUpsertSteps(hook.client, self.pipe_id, key, key_column, meta, target,
+                                  field_map=self.field_map, title_column=self.title_column)
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
@@ -296,81 +293,6 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows = list(read_rows(source))
         return iter(rows), len(rows)
 
-    def is_field(self, meta: list[dict[str, Any]], column: str) -> bool:
-        """Whether a column (the title column) also names a field: then it is written to both."""
-        try:
-            self.hook.resolve_field(meta, self.field_map.get(column, column), f"pipe {self.pipe_id}")
-        except CrmInputError:
-            return False
-        return True
-
-
-class _PipefyUpsertSteps:
-    """How a row becomes a card: found by its key field, compared, created, updated, moved to ``target``
-    (common/upsert.py runs the loop)."""
-
-    def __init__(self, operator: PipefyUpsertCardsOperator, key: dict[str, Any], key_column: str,
-                 meta: list[dict[str, Any]], target: dict[str, Any] | None) -> None:
-        self.op = operator
-        self.hook = operator.hook
-        self.pipe_id = operator.pipe_id
-        self.key = key
-        self.key_column = key_column
-        self.meta = meta
-        self.target = target
-
-    def prepare(self, row: dict[str, Any]) -> PreparedRow:
-        op = self.op
-        if row.get(self.key_column) in (None, ""):
-            raise CrmInputError(f"key column {self.key_column!r} is empty")
-        values = {op.field_map.get(col, col): val for col, val in row.items()
-                  if val is not None and (col != op.title_column or op.is_field(self.meta, col))}
-        for name in values:
-            self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
-        key_value = to_pipefy_value(self.key, row[self.key_column])
-        title = row.get(op.title_column) if op.title_column else None
-        return PreparedRow(repr(key_value), (key_value, values, title))
-
-    def find(self, row: PreparedRow) -> dict[str, Any] | None:
-        found = self.hook.find_cards(self.pipe_id, self.key["id"], row.payload[0])
-        return found[0] if found else None
-
-    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
-        # under the key's claim (shared by every process using this store), so two upserts of the
-        # same rows at once create each card once
-        key_value, values, title = row.payload
-        key_field = self.op.field_map.get(self.key_column, self.key_column)
-        return create_card_once(
-            self.hook.client, self.pipe_id, self.key, key_value, searched=True,
-            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values, key_field=key_field))
-
-    def changes(self, card: dict[str, Any], row: PreparedRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        _, values, title = row.payload
-        current = {item["field"]["id"]: item for item in card.get("fields") or []}
-        changed = {}
-        for name, value in values.items():
-            field = self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")
-            have = current.get(field["id"])
-            if not same_value(field, machine_value(have) if have else None, to_pipefy_value(field, value)):
-                changed[name] = value
-        attrs = {"title": title} if title and title != card.get("title") else {}
-        return (changed, attrs) if changed or attrs else None
-
-    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: PreparedRow) -> None:
-        changed, attrs = changes
-        self.hook.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
-
-    def finish(self, card: dict[str, Any], row: PreparedRow, created: bool) -> None:
-        if self.target is None:
-            return
-        phase_now = (card.get("current_phase") or {}).get("id")
-        if phase_now is None and created:
-            phase_now = self.hook.get_card(card["id"])["current_phase"]["id"]
-        if str(phase_now) != str(self.target["id"]):
-            self.hook.move_card(card["id"], self.target["id"])
-
-    def ident(self, card: dict[str, Any]) -> str:
-        return str(card["id"])
 
 
 class _PipefyExportOperator(_PipefyOperator):
