@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
+try:  # the API clients (clients/) run without Airflow too; inside Airflow this base stops task retries
+    from airflow.providers.common.compat.sdk import AirflowFailException
+except ImportError:  # pragma: no cover - exercised by tests/unit/clients/test_without_airflow.py
+    class AirflowFailException(Exception):  # type: ignore[no-redef]
+        """Stands in for Airflow's exception where Airflow is not installed."""
 
 
 class CrmError(Exception):

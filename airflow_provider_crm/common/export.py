@@ -12,15 +12,12 @@ import functools
 import gc
 import io
 import logging
-import queue
 import re
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import IO, Any, TypeVar, cast
@@ -29,7 +26,6 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.errors import CrmInputError
-from airflow_provider_crm.common.fanin import drain_batches
 
 log = logging.getLogger(__name__)
 
@@ -249,42 +245,3 @@ def tuned_for_export(execute: Execute) -> Execute:
             sys.setswitchinterval(previous)
 
     return cast(Execute, tuned)
-
-
-def merge_parallel(sources: Sequence[Callable[[], Iterator[Any]]], max_workers: int,
-                   max_buffered: int = 1000, batch_size: int = 250) -> Iterator[Any]:
-    """Run each source (a phase, a time slice) in a thread and yield their items as they come.
-
-    The buffer between the fetching threads and the writer is bounded (about ``max_buffered`` items),
-    so memory stays flat whatever the record count; items cross it in batches of ``batch_size``,
-    because a queue hand-off per record costs as much CPU as decoding the record. The first error in
-    any source is raised here, after the items it produced before failing; closing the iterator
-    stops them.
-    """
-    done = object()
-    out: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_buffered // max(1, batch_size)))
-    stop = threading.Event()
-
-    def run(source: Callable[[], Iterator[Any]]) -> None:
-        batch: list[Any] = []
-        try:
-            for item in source():
-                if stop.is_set():
-                    return
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    out.put(batch)
-                    batch = []
-        except BaseException as err:
-            out.put(batch)
-            batch = []
-            out.put(err)
-        finally:
-            if batch and not stop.is_set():
-                out.put(batch)
-            out.put(done)
-
-    with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="crm-fetch") as pool:
-        for source in sources:
-            pool.submit(run, source)
-        yield from drain_batches(out, done, len(sources), stop)

@@ -4,7 +4,6 @@ bookkeeping (outcome counts, a rejects file, the failure threshold)."""
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -157,9 +156,7 @@ def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 
     write takes up to ``write_seconds``, never more than ``cap`` (or 32). The limiter, not this
     number, holds the rate, so asking for more rows in flight than the window admits costs only waits.
     """
-    rates = [w.limit / w.seconds for w in limiter.windows if "write" in w.kinds]
-    per_second = min(rates) if rates else 1.0
-    return max(1, min(cap or MAX_UPSERT_WORKERS, math.ceil(per_second * write_seconds)))
+    return int(limiter.in_flight(write_seconds / 1.25, cap or MAX_UPSERT_WORKERS, kind="write"))
 
 
 # the hooks' HTTP connection pool per host (common/http.py POOL_SIZE): more threads would queue for it

@@ -21,7 +21,7 @@ from airflow_provider_crm.clients.pipedrive.fields import (
     normalise_key,
     record_keys,
 )
-from airflow_provider_crm.clients.pipedrive.policy import PLANS, normalise_plan
+from airflow_provider_crm.clients.pipedrive.policy import DEFAULT_PLAN, PLANS, normalise_plan
 from airflow_provider_crm.clients.pipedrive.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_OAUTH_TOKEN_URL,
@@ -67,7 +67,7 @@ def read_settings(conn_id: str, conn: Any) -> PipedriveSettings:
     return PipedriveSettings(
         conn_id=conn_id, base_url=reader.url("host", host, default_base), token=token, **oauth,
         oauth_token_url=reader.url("oauth_token_url", reader.text("oauth_token_url"), DEFAULT_OAUTH_TOKEN_URL),
-        host_given=bool(host), company_domain=domain, plan=normalise_plan(reader.choice("plan", PLANS, "lite")),
+        host_given=bool(host), company_domain=domain, plan=normalise_plan(reader.choice("plan", PLANS, DEFAULT_PLAN)),
         seats=reader.positive_int("seats") or 1, requests_per_2s=reader.positive_int("requests_per_2s"),
         daily_token_budget=reader.positive_int("daily_token_budget"), rate_limit_store=reader.store())
 

@@ -301,6 +301,10 @@ def _unchanged(existing: dict[str, Any], body: dict[str, Any]) -> bool:
     return True
 
 
+# the hooks' HTTP connection pool per host (common/http.py POOL_SIZE): more readers would queue for it
+MAX_SLICES = 32
+
+
 class PipedriveExportOperator(_PipedriveOperator):
     """Export any entity to JSON Lines or CSV, streamed and written atomically.
 
@@ -327,9 +331,12 @@ class PipedriveExportOperator(_PipedriveOperator):
         ``"_archived": true``; without it a deal archived in the range does not appear in the export.
     :param rename_custom_fields: custom fields by name (True) or by hash key.
     :param option_labels: option ids as labels.
-    :param slices: fetch the range as this many time slices in parallel; when one finishes early it
-        takes over half of the busiest one's remainder, so uneven ranges keep every slice busy
-        (v2 entities with ``updated_until``; others split evenly).
+    :param slices: the most time slices read in parallel. By default (None) the export chooses:
+        it measures the API's latency with one request and keeps enough requests in flight for the
+        plan's rate (at most 32), full exports included; the rate limiter holds the pace either way.
+        A slice that finishes early takes over half of the busiest one's remainder (v2 entities with
+        ``updated_until``; other entities are read as one stream unless ``slices`` asks for an even
+        split of an incremental range).
     :param fieldnames: CSV: exactly these columns. By default the header holds the entity's declared
         fields (custom ones by name), then any other key a record has, tombstone columns included.
     :param pipedrive_conn_id: the Pipedrive connection.
@@ -341,7 +348,7 @@ class PipedriveExportOperator(_PipedriveOperator):
                  start: str | datetime | None = None, settle_seconds: float = 10.0, watermark_key: str | None = None,
                  include_deleted: bool = False, include_archived: bool = False, rename_custom_fields: bool = True,
                  option_labels: bool = True,
-                 slices: int = 1, fieldnames: list[str] | None = None, **kwargs: Any) -> None:
+                 slices: int | None = None, fieldnames: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.entity = entity
         self.path = path
@@ -371,13 +378,18 @@ class PipedriveExportOperator(_PipedriveOperator):
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
         limiter = self.hook.limiter
-        self.log.info("Exporting %s%s%s to %s (%s), %d slice(s); rate limit: %s", self.entity,
+        reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
+                             include_deleted=self.include_deleted, slices=self.slices or 1)
+        if not window.empty and self.slices != 1:
+            # as many requests in flight as the plan's rate needs at the latency just measured
+            cap = self.slices or MAX_SLICES
+            start, reader.slices = reader.plan(start, end, lambda latency: limiter.in_flight(latency, cap))
+        self.log.info("Exporting %s%s%s to %s (%s), %d slice(s)%s; rate limit: %s", self.entity,
                       " with deleted" if self.include_deleted else "", " and archived" if self.include_archived else "",
-                      self.path, self.fmt, max(1, self.slices), describe_limits(limiter))
+                      self.path, self.fmt, reader.slices, " (chosen for the plan's rate)" if self.slices != 1 else "",
+                      describe_limits(limiter))
         progress = Progress(self.log, self.entity, stats=limiter.stats)
         counts = {"records": 0, "deleted": 0, "archived": 0}
-        reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
-                             include_deleted=self.include_deleted, slices=self.slices)
         if self.rename_custom_fields and info.fields_endpoint and not window.empty:
             reader.load_fields()  # the field definitions load while the first pages are on their way
         columns = None
@@ -400,7 +412,8 @@ class PipedriveExportOperator(_PipedriveOperator):
             self.log.info("Slices rebalanced %d times while running", reader.stats["splits"])
         emit_asset_event(context, self.outlets, {**counts, "entity": self.entity, "path": str(self.path),
                                                  "range": window.as_dict()})
-        summary = self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict())
+        summary = self.summary(entity=self.entity, path=str(self.path), **counts, range=window.as_dict(),
+                               parallel=reader.slices)
         self.log.info("Summary:\n%s", summary_table(summary))
         return summary
 

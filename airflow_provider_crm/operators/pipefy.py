@@ -15,10 +15,11 @@ from airflow_provider_crm.clients.pipefy.upsert import PipefyUpsertSteps
 from airflow_provider_crm.clients.pipefy.writes import create_card_keyed, create_record_keyed
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
-from airflow_provider_crm.common.export import merge_parallel, open_export_writer, tuned_for_export
+from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
+from airflow_provider_crm.common.fanin import merge_parallel
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.upsert import UpsertReport, run_upsert, upsert_workers
+from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
@@ -276,7 +277,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
         steps = PipefyUpsertSteps(hook.client, self.pipe_id, key, key_column, meta, target,
-                                  field_map=self.field_map, title_column=self.title_column)
+                                  field_map=self.field_map, title_column=self.title_column, prepared=PreparedRow)
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
@@ -370,10 +371,8 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
         window, watermark = self.plan(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
-        if phase_list:  # each phase pages on its own: at least one call each
-            estimated_calls = sum(pages_for(p.get("cards_count") or 0, hook.page_size) for p in phase_list)
-        else:
-            estimated_calls = pages_for(cards_total, hook.page_size)
+        counts = [p.get("cards_count") or 0 for p in phase_list] if phase_list else [cards_total]
+        estimated_calls = sum(pages_for(n, hook.page_size) for n in counts)  # a phase pages on its own
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting pipe %s (%s) cards updated in %s to %s: at most %d cards in %d calls; rate "
                       "limit: %s", pipe["name"], self.pipe_id, window.describe(), self.path, cards_total,

@@ -5,7 +5,8 @@ columns the entity declares, and deleted / archived records marked."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -14,7 +15,7 @@ from airflow_provider_crm.clients.pipedrive.client import PipedriveClient
 from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_info
 from airflow_provider_crm.clients.pipedrive.fields import FieldMap
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
-from airflow_provider_crm.common.export import merge_parallel
+from airflow_provider_crm.common.fanin import merge_parallel
 
 
 class RangeReader:
@@ -71,6 +72,38 @@ class RangeReader:
             filters["status"] = status
         return filters
 
+    @property
+    def _kinds(self) -> list[str]:
+        return ["live"] + ["archived"] * self.include_archived + ["deleted"] * self.include_deleted
+
+    def plan(self, start: datetime | None, end: datetime | None, in_flight: Callable[[float], int]
+             ) -> tuple[datetime | None, int]:
+        """Choose the slices for ``[start, end)`` by themselves, where the API can slice by update time.
+
+        One request per list (live, archived, deleted) asks for its earliest record in the range: its
+        duration is the latency ``in_flight`` turns into a number of slices (enough requests in flight
+        for the plan's rate), and its update time bounds a full export from below, so a full export is
+        sliced like an incremental one. Returns the start to slice from and the number of slices.
+        """
+        info = entity_info(self.entity)
+        if end is None or not (info.server_side_until and "sort_by" in info.filters):
+            return start, self.slices  # as asked: an even split of an incremental range, else one stream
+        began = time.monotonic()
+        firsts = [self._earliest(kind, start, end) for kind in self._kinds]
+        latency = (time.monotonic() - began) / len(firsts)
+        known = [moment for moment in firsts if moment is not None]
+        if not known:
+            return start, 1  # nothing in the range: one reader confirms it
+        lower = start if start is not None else min(known).replace(microsecond=0)
+        return lower, in_flight(latency)
+
+    def _earliest(self, kind: str, start: datetime | None, end: datetime) -> datetime | None:
+        info = entity_info(self.entity)
+        params = {**self.filters(start, end, "deleted" if kind == "deleted" else None), "limit": 1}
+        path = f"{info.path}/archived" if kind == "archived" else info.path
+        first = (self.client.request("GET", info.version, path, params=params, kind="read").get("data") or [None])[0]
+        return parse_update_time(first.get("update_time")) if isinstance(first, dict) else None
+
     def _slice_records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
         records = self._fetch(start, end)
         info = entity_info(self.entity)
@@ -109,7 +142,7 @@ class RangeReader:
 
     def _balanced_records(self, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
         """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py)."""
-        kinds = ["live"] + ["archived"] * self.include_archived + ["deleted"] * self.include_deleted
+        kinds = self._kinds
         first, last = int(start.timestamp()), int(end.timestamp())
         step = (last - first) / self.slices
         cuts = [first + round(step * i) for i in range(self.slices)] + [last]

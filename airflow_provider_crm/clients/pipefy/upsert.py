@@ -3,13 +3,13 @@ updated, moved to a phase. common/upsert.py runs the loop (concurrently, never t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from airflow_provider_crm.clients.pipefy.client import PipefyClient
 from airflow_provider_crm.clients.pipefy.values import machine_value, resolve_field, same_value
 from airflow_provider_crm.clients.pipefy.writes import create_card_once
 from airflow_provider_crm.common.errors import CrmInputError
-from airflow_provider_crm.common.upsert import PreparedRow
 
 
 class PipefyUpsertSteps:
@@ -18,12 +18,13 @@ class PipefyUpsertSteps:
 
     def __init__(self, client: PipefyClient, pipe_id: str | int, key: dict[str, Any], key_column: str,
                  meta: list[dict[str, Any]], target: dict[str, Any] | None, *, field_map: dict[str, str],
-                 title_column: str | None) -> None:
+                 title_column: str | None, prepared: Callable[[Hashable, Any], Any]) -> None:
         self.client = client
         self.pipe_id = pipe_id
         self.key, self.key_column, self.meta, self.target = key, key_column, meta, target
         self.field_map = field_map
         self.title_column = title_column
+        self.prepared = prepared  # common/upsert.py's PreparedRow, given by the operator (it imports Airflow)
 
     def is_field(self, column: str) -> bool:
         """Whether a column (the title column) also names a field: then it is written to both."""
@@ -33,7 +34,7 @@ class PipefyUpsertSteps:
             return False
         return True
 
-    def prepare(self, row: dict[str, Any]) -> PreparedRow:
+    def prepare(self, row: dict[str, Any]) -> Any:
         if row.get(self.key_column) in (None, ""):
             raise CrmInputError(f"key column {self.key_column!r} is empty")
         values = {self.field_map.get(col, col): val for col, val in row.items()
@@ -42,13 +43,13 @@ class PipefyUpsertSteps:
             resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
         key_value = self.client.value(self.key, row[self.key_column])
         title = row.get(self.title_column) if self.title_column else None
-        return PreparedRow(repr(key_value), (key_value, values, title))
+        return self.prepared(repr(key_value), (key_value, values, title))
 
-    def find(self, row: PreparedRow) -> dict[str, Any] | None:
+    def find(self, row: Any) -> dict[str, Any] | None:
         found = self.client.find_cards(self.pipe_id, self.key["id"], row.payload[0])
         return found[0] if found else None
 
-    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
+    def create(self, row: Any) -> tuple[dict[str, Any], bool]:
         # under the key's claim (shared by every process using this store), so two upserts of the
         # same rows at once create each card once
         key_value, values, title = row.payload
@@ -57,7 +58,7 @@ class PipefyUpsertSteps:
             self.client, self.pipe_id, self.key, key_value, searched=True,
             create=lambda: self.client.create_card(self.pipe_id, title=title, fields=values, key_field=key_field))
 
-    def changes(self, card: dict[str, Any], row: PreparedRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def changes(self, card: dict[str, Any], row: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         _, values, title = row.payload
         current = {item["field"]["id"]: item for item in card.get("fields") or []}
         changed = {}
@@ -69,11 +70,11 @@ class PipefyUpsertSteps:
         attrs = {"title": title} if title and title != card.get("title") else {}
         return (changed, attrs) if changed or attrs else None
 
-    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: PreparedRow) -> None:
+    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: Any) -> None:
         changed, attrs = changes
         self.client.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
 
-    def finish(self, card: dict[str, Any], row: PreparedRow, created: bool) -> None:
+    def finish(self, card: dict[str, Any], row: Any, created: bool) -> None:
         if self.target is None:
             return
         phase_now = (card.get("current_phase") or {}).get("id")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -117,6 +118,15 @@ class RateLimiter:
             for w in self.windows
         }
         self._bucket_lock = threading.Lock()
+
+    def in_flight(self, latency_s: float, cap: int, kind: str = "read") -> int:
+        """How many requests of ``kind`` to keep in flight so that the plan's window, not the latency,
+        sets the pace: the tightest window's rate times ``latency_s``, a quarter more for jitter, at
+        least one and at most ``cap``. More than that only waits in the limiter."""
+        rates = [w.limit / w.seconds for w in self.windows if kind in w.kinds]
+        if not rates:
+            return max(1, cap)
+        return max(1, min(cap, math.ceil(min(rates) * max(0.0, latency_s) * 1.25)))
 
     # -- shared values ------------------------------------------------------------------------------
     def _value_key(self, name: str) -> str:

@@ -135,7 +135,7 @@ def test_clean_rerun_removes_stale_rejects(tmp_path):
 
 
 def test_merge_parallel_yields_everything_and_raises_the_first_error():
-    from airflow_provider_crm.common.export import merge_parallel
+    from airflow_provider_crm.common.fanin import merge_parallel
 
     items = sorted(merge_parallel([lambda: iter(range(0, 500)), lambda: iter(range(500, 1000))], 2, max_buffered=10))
     assert items == list(range(1000))

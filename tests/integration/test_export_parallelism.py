@@ -1,0 +1,52 @@
+"""Exports choose how many requests to keep in flight from the plan's rate and the latency they measure
+(issue 18): more than one where the plan allows it, one where it does not, and the same records either way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
+
+
+@pytest.fixture(scope="module")
+def slow_sandbox():
+    from crm_sandbox.core import SandboxConfig
+    from crm_sandbox.server import SandboxServer
+
+    # answers take 100 ms, as a real API's do at least
+    with SandboxServer(SandboxConfig(latency_ms=100, pipedrive_deals=3000)) as server:
+        yield server
+
+
+def _connection(monkeypatch, info: dict, **extra: object) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_PIPEDRIVE_DEFAULT", json.dumps({
+        "conn_type": "pipedrive", "host": info["pipedrive_url"], "password": "sandbox-pipedrive-token",
+        "extra": {"rate_limit_store": "memory", "seats": 5, **extra}}))
+
+
+def _ids(path) -> list[int]:
+    return sorted(json.loads(line)["id"] for line in path.read_text().splitlines())
+
+
+def test_a_full_export_keeps_several_requests_in_flight_where_the_plan_allows(slow_sandbox, monkeypatch, context,
+                                                                              tmp_path):
+    _connection(monkeypatch, slow_sandbox.info(), plan="ultimate")  # 114 requests per 2 s
+    summary = PipedriveExportOperator(task_id="e", entity="deals", path=str(tmp_path / "d.jsonl")).execute(context())
+    assert summary["range"]["case"] == "first_full"  # a first run without an interval: everything
+    assert summary["parallel"] > 1
+    # one reader, same records: nothing lost or repeated at the slices' edges
+    _connection(monkeypatch, slow_sandbox.info(), plan="ultimate")
+    one = PipedriveExportOperator(task_id="e1", entity="deals", path=str(tmp_path / "one.jsonl"),
+                                  slices=1).execute(context())
+    assert one["parallel"] == 1
+    assert _ids(tmp_path / "d.jsonl") == _ids(tmp_path / "one.jsonl") and one["records"] == summary["records"]
+
+
+def test_one_request_in_flight_where_the_plan_allows_no_more(slow_sandbox, monkeypatch, context, tmp_path):
+    # 4 requests per 2 s: one request at a time (100 ms each) already outpaces the plan
+    _connection(monkeypatch, slow_sandbox.info(), plan="lite", requests_per_2s=4)
+    summary = PipedriveExportOperator(task_id="e", entity="deals", path=str(tmp_path / "d.jsonl")).execute(context())
+    assert summary["parallel"] == 1
+    assert summary["records"] > 0
