@@ -84,7 +84,7 @@ class PipefyHook(BaseHook):
 
     Every request passes the shared rate limiter (500 requests / 30 s per token, the plan's monthly
     quota) and is retried when that is safe. The API methods are the client's (:attr:`client`,
-    :class:`~airflow_provider_crm.clients.pipefy.PipefyClient`) and can be called on the hook.
+    :class:`~airflow_provider_crm.clients.pipefy.client.PipefyClient`) and can be called on the hook.
 
     :param pipefy_conn_id: the ``pipefy`` connection to use.
     :param timeout: seconds to wait for an answer.
