@@ -44,6 +44,12 @@ PIPEFY_CONN_FIELDS: dict[str, Any] = {
                                "machine), 'memory' (one process) or redis://host:6379/0 (many machines)."),
     "web_url": _field("Web app URL", "Base URL of Pipefy's web app for the card and pipe links; default "
                       "derived from the API URL (https://app.pipefy.com)."),
+    "date_format": _field("Date format", "How date fields are written: dd/mm/yyyy (default: the form a real "
+                          "client is seen writing) or yyyy-mm-dd. To check it on your pipe, write one card and "
+                          "read its date_value back (docs/pipefy.md).", enum=["dd/mm/yyyy", "yyyy-mm-dd"],
+                          default="dd/mm/yyyy"),
+    "page_size": _field("Page size", "Cards or records asked for per page (default 50, Pipefy's documented "
+                        "size); a page served shorter is followed all the same.", type_="integer"),
 }
 
 PIPEDRIVE_CONN_FIELDS: dict[str, Any] = {

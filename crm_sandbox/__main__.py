@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None
     p.add_argument("--pipefy-requests-per-window", type=int, default=d.pipefy_requests_per_window)
     p.add_argument("--pipefy-window-seconds", type=float, default=d.pipefy_window_seconds)
     p.add_argument("--pipefy-block-seconds", type=float, default=d.pipefy_block_seconds)
+    p.add_argument("--pipefy-max-page", type=int,
+                   default=int(os.environ.get("CRM_SANDBOX_PIPEFY_MAX_PAGE") or d.pipefy_max_page),
+                   help="largest page served (default 50, or CRM_SANDBOX_PIPEFY_MAX_PAGE); more grants larger pages")
     p.add_argument("--latency-ms", type=float, default=d.latency_ms)
     p.add_argument("--jitter-ms", type=float, default=d.jitter_ms)
     p.add_argument("--error-rate", type=float, default=d.error_rate, help="fraction answered 500")
@@ -64,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SandboxConfig, str | None
         pipedrive_seats=a.pipedrive_seats,
         pipefy_requests_per_window=a.pipefy_requests_per_window,
         pipefy_window_seconds=a.pipefy_window_seconds, pipefy_block_seconds=a.pipefy_block_seconds,
+        pipefy_max_page=a.pipefy_max_page,
         latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, error_rate=a.error_rate,
         lost_answer_rate=a.lost_answer_rate, truncate_rate=a.truncate_rate, snapshot=a.snapshot, prerender=a.prerender,
     ), a.info_file

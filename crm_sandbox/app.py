@@ -74,6 +74,8 @@ class LatencyAndFaults:
             await _error(502, service)(scope, receive, send)
         elif fault.mode == "truncate":
             await _truncated(self.app, scope, receive, send)
+        elif fault.mode == "answer":
+            await JSONResponse(fault.body, status_code=fault.status)(scope, receive, send)
         elif fault.mode == "429":
             self.state.counters.count_429(service)
             await _error(429, service)(scope, receive, send)

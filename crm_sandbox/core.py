@@ -49,6 +49,7 @@ class SandboxConfig:
     pipefy_requests_per_window: int = 500
     pipefy_window_seconds: float = 30.0
     pipefy_block_seconds: float = 300.0
+    pipefy_max_page: int = 50  # page cap (pipefy.py MAX_PAGE); more grants larger pages
     # latency added to every API answer (not to control endpoints)
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -120,6 +121,9 @@ class ScheduledFault:
     ``truncate`` does the work, sends the answer's status and headers (its full ``Content-Length``) and
     half of its body, then closes the connection (a body cut short in transit).
     ``body_contains``: only requests whose body holds this text (a GraphQL mutation's name, say).
+    ``answer`` answers ``status`` with the JSON ``body`` without doing the work: Pipefy's singular
+    top-level error shapes, e.g. ``{"error": "invalid_token"}`` or ``{"error": {"message": ...,
+    "details": {"code": ..., "correlation_id": ...}}}``, with HTTP 200 or another status.
     """
 
     service: str
@@ -130,6 +134,7 @@ class ScheduledFault:
     method: str = ""
     delay: float = 0.0
     body_contains: str = ""
+    body: Any = None
 
 
 class Counters:

@@ -64,7 +64,11 @@ from crm_sandbox.pipefy_data import (
 log = logging.getLogger(__name__)
 
 MONTHLY_QUOTA: dict[str, int | None] = {"starter": 20, "business": 500, "enterprise": 10_000, "unlimited": None}
-MAX_PAGE = 50  # `first`/`last` above it are capped silently (the real behaviour is unconfirmed; documented)
+# `first`/`last` above the cap are capped silently. 50 is Pipefy's documented page size; whether larger
+# pages are honoured or clamped is unconfirmed (api-notes, "Checked against public evidence": its MCP
+# server asks up to 500 for phase cards), so the cap is an option (--pipefy-max-page,
+# CRM_SANDBOX_PIPEFY_MAX_PAGE): 50 by default, more to grant larger pages.
+MAX_PAGE = 50
 MAX_FIELDS_VALUES = 30  # updateFieldsValues takes at most 30 values
 UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 UPLOAD_URL_SECONDS = 15 * 60  # presigned links expire after 15 minutes
@@ -73,6 +77,7 @@ SCHEMA = build_schema(
     resources.files("crm_sandbox").joinpath("pipefy_schema.graphql").read_text()
 )
 SCHEMA.get_type("Node").resolve_type = lambda value, info, abstract: value.typename  # type: ignore[union-attr]
+SCHEMA.get_type("UpdatedNode").resolve_type = lambda value, info, abstract: value.typename  # type: ignore[union-attr]
 
 
 # -- relay pagination ------------------------------------------------------------------------------
@@ -90,8 +95,8 @@ def decode_cursor(cursor: str) -> int:
 
 
 def paginate(ids: list[int], build: Callable[[int], Any], first: int | None = None, after: str | None = None,
-             last: int | None = None, before: str | None = None) -> dict[str, Any]:
-    """A Relay connection over ids sorted ascending; at most :data:`MAX_PAGE` edges."""
+             last: int | None = None, before: str | None = None, cap: int = MAX_PAGE) -> dict[str, Any]:
+    """A Relay connection over ids sorted ascending; at most ``cap`` edges (see :data:`MAX_PAGE`)."""
     for name, value in (("first", first), ("last", last)):
         if value is not None and value < 0:
             raise PipefyFault(f"Argument '{name}' must be a non-negative integer, got {value}", "INVALID_INPUT")
@@ -99,9 +104,9 @@ def paginate(ids: list[int], build: Callable[[int], Any], first: int | None = No
     end = bisect.bisect_left(ids, decode_cursor(before)) if before else len(ids)
     end = max(start, end)
     if first is None and last is not None:
-        lo, hi = max(start, end - min(last, MAX_PAGE)), end
+        lo, hi = max(start, end - min(last, cap)), end
     else:
-        lo, hi = start, min(end, start + min(MAX_PAGE if first is None else first, MAX_PAGE))
+        lo, hi = start, min(end, start + min(cap if first is None else first, cap))
     page = ids[lo:hi]
     edges = [{"cursor": encode_cursor(i), "node": build(i)} for i in page]
     return {
@@ -198,6 +203,11 @@ class Ctx:
         self.principal = principal
         self.is_pat = is_pat
         self.now = service.state.clock.now()
+        self.max_page = service.state.config.pipefy_max_page
+
+    def page(self, ids: list[int], build: Callable[[int], Any], page: dict[str, Any]) -> dict[str, Any]:
+        """A connection over ``ids`` under the configured page cap."""
+        return paginate(ids, build, cap=self.max_page, **page)
 
     def pipe(self, pipe_id: Any) -> dict[str, Any]:
         pipe = self.d.pipes.get(str(pipe_id))
@@ -251,7 +261,7 @@ class PhaseNode:
         return [PhaseNode(self.ctx, self.ctx.d.phases[p]) for p in self.p["moves"]]
 
     def cards(self, info: Any, **page: Any) -> dict[str, Any]:
-        return paginate(self.ctx.d.by_phase[self.id], self.ctx.card_node, **page)
+        return self.ctx.page(self.ctx.d.by_phase[self.id], self.ctx.card_node, page)
 
 
 class PipeNode:
@@ -482,7 +492,7 @@ class Root(Ctx):
             predicate = compile_filter(filter, self.d.fields_by_pipe[pipe["id"]])
             key = ("allCards", pipe["id"], json.dumps(filter, sort_keys=True))
             ids = self.d.cached(key, lambda: [i for i in ids if predicate(self.d.cards[str(i)])])
-        return paginate(ids, self.card_node, **page)
+        return self.page(ids, self.card_node, page)
 
     def cards(self, info: Any, pipe_id: str, search: dict[str, Any] | None = None, **page: Any) -> dict[str, Any]:
         pipe = super().pipe(pipe_id)
@@ -502,7 +512,7 @@ class Root(Ctx):
 
         key = ("cards", pipe["id"], json.dumps(search, sort_keys=True, default=str))
         ids = self.d.cached(key, lambda: [i for i in self.d.by_pipe[pipe["id"]] if keep(self.d.cards[str(i)])])
-        return paginate(ids, self.card_node, **page)
+        return self.page(ids, self.card_node, page)
 
     def findCards(self, info: Any, pipeId: str, search: dict[str, Any], **page: Any) -> dict[str, Any]:  # noqa: N802,N803
         pipe = super().pipe(pipeId)
@@ -516,14 +526,14 @@ class Root(Ctx):
         ids = self.d.cached(key, lambda: [
             i for i in self.d.by_pipe[pipe["id"]]
             if self.d.matches_exact(field, self.d.cards[str(i)]["values"].get(fid), wanted)])
-        return paginate(ids, self.card_node, **page)
+        return self.page(ids, self.card_node, page)
 
     def table(self, info: Any, id: str) -> TableNode:  # type: ignore[override]
         return TableNode(self, super().table(id))
 
     def table_records(self, info: Any, table_id: str, **page: Any) -> dict[str, Any]:
         table = super().table(table_id)
-        return paginate(self.d.by_table[table["id"]], self.record_node, **page)
+        return self.page(self.d.by_table[table["id"]], self.record_node, page)
 
     def table_record(self, info: Any, id: str) -> RecordNode:
         return RecordNode(self, self.record(id))
@@ -538,7 +548,7 @@ class Root(Ctx):
         ids = self.d.cached(key, lambda: [
             i for i in self.d.by_table[table["id"]]
             if self.d.matches_exact(field, self.d.records[str(i)]["values"].get(fid), wanted)])
-        return paginate(ids, lambda i: RecordAsCard(self, self.record(str(i))), **page)
+        return self.page(ids, lambda i: RecordAsCard(self, self.record(str(i))), page)
 
     # mutations helpers -----------------------------------------------------------------------------
     def _new_values(self, owner: dict[str, Any], fields: dict[str, dict[str, Any]], pipe_id: str | None,
@@ -562,6 +572,17 @@ class Root(Ctx):
                 new = new or None
             out[field["id"]] = new
         return out
+
+    @staticmethod
+    def _listed_value(field: dict[str, Any] | None, value: Any) -> Any:
+        """updateFieldsValues' ``value`` is a list (NodeFieldValueInput.value, schema comment): one item
+        for a field of a single value; an empty list clears it."""
+        if field is None or field["type"] in LIST_TYPES or not isinstance(value, list):
+            return value
+        if len(value) > 1:
+            raise PipefyFault(f'Field "{field["label"]}" ({field["type"]}) takes one value, got {len(value)}',
+                              "INVALID_INPUT")
+        return value[0] if value else None
 
     def _apply(self, owner: dict[str, Any], values: dict[str, Any]) -> None:
         for fid, value in values.items():
@@ -664,14 +685,15 @@ class Root(Ctx):
             node = CardNode(self, owner)
         else:
             raise PipefyFault(f"Node not found with id: {node_id}", "RESOURCE_NOT_FOUND")
-        errors: list[dict[str, str]] = []
+        errors: list[dict[str, Any]] = []
         values: dict[str, Any] = {}
         for item in items:
             try:
+                value = self._listed_value(fields.get(str(item["fieldId"])), item.get("value"))
                 one = self._new_values({"values": {**owner["values"], **values}}, fields, pipe_id,
-                                       [(item["fieldId"], item.get("value"), item.get("operation") or "REPLACE")])
-            except PipefyFault as err:
-                errors.append({"field": str(item["fieldId"]), "message": err.message})
+                                       [(item["fieldId"], value, item.get("operation") or "REPLACE")])
+            except PipefyFault as err:  # `field` is a list on Pipefy (schema comment)
+                errors.append({"field": [str(item["fieldId"])], "message": err.message})
             else:
                 values.update(one)
         if not errors:  # all or nothing

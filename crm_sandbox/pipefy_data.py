@@ -226,6 +226,11 @@ class PipefyData:
             _field("features", "Features", "checklist_vertical", options=["API", "SSO", "Audit log"],
                    internal_id=4103),
         ]}
+        # wider than one updateFieldsValues call (30 values): a 31+-field update takes two calls
+        self.tables["403"] = {"id": "403", "name": "Onboarding checklist", "table_fields": [
+            _field("item", "Item", "short_text", True, internal_id=4200),
+            *(_field(f"step_{n:02d}", f"Step {n:02d}", "short_text", internal_id=4200 + n) for n in range(1, 35)),
+        ]}
         for n in range(1, config.pipefy_table_records + 1):
             ts = now - rnd.uniform(86400, 90 * 86400)
             self._seed_record("401", f"Company {n}", ts, {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -10,24 +9,19 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_crm.common.claims import claim_name, claims_for
+from airflow_provider_crm.clients.pipefy import rows as export_rows
+from airflow_provider_crm.clients.pipefy.pagination import pages_for
+from airflow_provider_crm.clients.pipefy.upsert import PipefyUpsertSteps
+from airflow_provider_crm.clients.pipefy.writes import create_card_keyed, create_record_keyed
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
-from airflow_provider_crm.common.errors import CrmInputError, CrmNotFoundError, CrmPermissionError
+from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
 from airflow_provider_crm.common.fanin import merge_parallel
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
-from airflow_provider_crm.common.watermark import commit_export, plan_export, whole_second
-from airflow_provider_crm.common.writes import create_once
-from airflow_provider_crm.hooks.pipefy import (
-    PAGE_SIZE,
-    PipefyHook,
-    flatten_card_fields,
-    machine_value,
-    same_value,
-    to_pipefy_value,
-)
+from airflow_provider_crm.common.watermark import commit_export, plan_export
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
 
 
@@ -73,22 +67,8 @@ class PipefyCreateCardOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        def create() -> dict[str, Any]:
-            return self.hook.create_card(self.pipe_id, title=self.title, fields=self.fields, phase_id=self.phase_id,
-                                         key_field=self.key_field)
-
-        if self.key_field:
-            # an Airflow retry after a create that landed finds that card instead of making a second one,
-            # and under the key's claim a try overlapping this one (a zombie) cannot create it either
-            key, value = self.hook.key_value(self.hook.pipe_fields(self.pipe_id), self.fields, self.key_field,
-                                             f"pipe {self.pipe_id}")
-            card, created = create_card_once(self.hook, self.pipe_id, key, value, searched=False, create=create)
-            if not created:
-                self.log.info("Card %s already has %s = %r: not creating another", card["id"], key["label"], value)
-        else:
-            card, created = create(), True
-        if created:
-            self.log.info("Created card %s in pipe %s", card["id"], self.pipe_id)
+        card, created = create_card_keyed(self.hook.client, self.pipe_id, title=self.title, fields=self.fields,
+                                          phase_id=self.phase_id, key_field=self.key_field)
         url = self.hook.card_url(card["id"])
         push_link(context, PipefyCardLink.xcom_key, url)
         return self.summary(id=str(card["id"]), created=created, url=url)
@@ -211,21 +191,8 @@ class PipefyCreateTableRecordOperator(_PipefyOperator):
         self.key_field = key_field
 
     def execute(self, context: Any) -> dict[str, Any]:
-        existing = None
-        if self.key_field:
-            meta = self.hook.get_table(self.table_id)["table_fields"]
-            key, value = self.hook.key_value(meta, self.fields, self.key_field, f"table {self.table_id}")
-            found = self.hook.find_table_records(self.table_id, key["id"], value)
-            existing = found[0] if found else None
-        if existing:
-            self.log.info("Record %s already has %s = %r: not creating another", existing["id"], self.key_field,
-                          value)
-            record, created = existing, False
-        else:
-            record = self.hook.create_table_record(self.table_id, title=self.title, fields=self.fields,
-                                                   key_field=self.key_field)
-            created = True
-            self.log.info("Created record %s in table %s", record["id"], self.table_id)
+        record, created = create_record_keyed(self.hook.client, self.table_id, title=self.title, fields=self.fields,
+                                              key_field=self.key_field)
         push_link(context, PipefyTableLink.xcom_key, self.hook.table_url(self.table_id))
         return self.summary(id=str(record["id"]), table_id=str(self.table_id), created=created)
 
@@ -309,7 +276,8 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         hook.limiter.check_quota(estimate)
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
-        steps = _PipefyUpsertSteps(self, key, key_column, meta, target)
+        steps = PipefyUpsertSteps(hook.client, self.pipe_id, key, key_column, meta, target,
+                                  field_map=self.field_map, title_column=self.title_column, prepared=PreparedRow)
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
@@ -326,115 +294,52 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows = list(read_rows(source))
         return iter(rows), len(rows)
 
-    def is_field(self, meta: list[dict[str, Any]], column: str) -> bool:
-        """Whether a column (the title column) also names a field: then it is written to both."""
-        try:
-            self.hook.resolve_field(meta, self.field_map.get(column, column), f"pipe {self.pipe_id}")
-        except CrmInputError:
-            return False
-        return True
 
 
-class _PipefyUpsertSteps:
-    """How a row becomes a card: found by its key field, compared, created, updated, moved to ``target``
-    (common/upsert.py runs the loop)."""
+class _PipefyExportOperator(_PipefyOperator):
+    """Base of the exports: the range to read (watermark or real data interval), the file, the summary.
 
-    def __init__(self, operator: PipefyUpsertCardsOperator, key: dict[str, Any], key_column: str,
-                 meta: list[dict[str, Any]], target: dict[str, Any] | None) -> None:
-        self.op = operator
-        self.hook = operator.hook
-        self.pipe_id = operator.pipe_id
-        self.key = key
-        self.key_column = key_column
-        self.meta = meta
-        self.target = target
-
-    def prepare(self, row: dict[str, Any]) -> PreparedRow:
-        op = self.op
-        if row.get(self.key_column) in (None, ""):
-            raise CrmInputError(f"key column {self.key_column!r} is empty")
-        values = {op.field_map.get(col, col): val for col, val in row.items()
-                  if val is not None and (col != op.title_column or op.is_field(self.meta, col))}
-        for name in values:
-            self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
-        key_value = to_pipefy_value(self.key, row[self.key_column])
-        title = row.get(op.title_column) if op.title_column else None
-        return PreparedRow(repr(key_value), (key_value, values, title))
-
-    def find(self, row: PreparedRow) -> dict[str, Any] | None:
-        found = self.hook.find_cards(self.pipe_id, self.key["id"], row.payload[0])
-        return found[0] if found else None
-
-    def create(self, row: PreparedRow) -> tuple[dict[str, Any], bool]:
-        # under the key's claim (shared by every process using this store), so two upserts of the
-        # same rows at once create each card once
-        key_value, values, title = row.payload
-        key_field = self.op.field_map.get(self.key_column, self.key_column)
-        return create_card_once(
-            self.hook, self.pipe_id, self.key, key_value, searched=True,
-            create=lambda: self.hook.create_card(self.pipe_id, title=title, fields=values, key_field=key_field))
-
-    def changes(self, card: dict[str, Any], row: PreparedRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        _, values, title = row.payload
-        current = {item["field"]["id"]: item for item in card.get("fields") or []}
-        changed = {}
-        for name, value in values.items():
-            field = self.hook.resolve_field(self.meta, name, f"pipe {self.pipe_id}")
-            have = current.get(field["id"])
-            if not same_value(field, machine_value(have) if have else None, to_pipefy_value(field, value)):
-                changed[name] = value
-        attrs = {"title": title} if title and title != card.get("title") else {}
-        return (changed, attrs) if changed or attrs else None
-
-    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: PreparedRow) -> None:
-        changed, attrs = changes
-        self.hook.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
-
-    def finish(self, card: dict[str, Any], row: PreparedRow, created: bool) -> None:
-        if self.target is None:
-            return
-        phase_now = (card.get("current_phase") or {}).get("id")
-        if phase_now is None and created:
-            phase_now = self.hook.get_card(card["id"])["current_phase"]["id"]
-        if str(phase_now) != str(self.target["id"]):
-            self.hook.move_card(card["id"], self.target["id"])
-
-    def ident(self, card: dict[str, Any]) -> str:
-        return str(card["id"])
-
-
-def create_card_once(hook: PipefyHook, pipe_id: str | int, key: dict[str, Any], key_value: Any, *,
-                     searched: bool, create: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """The card of ``pipe_id`` whose ``key`` field holds ``key_value``, created at most once whoever else
-    writes the same key at the same time (under the key's claim, common/writes.py ``create_once``).
-
-    :param searched: the caller has just searched (findCards) and found nothing: search again only
-        when a claim mark says a create of this key may have landed since.
+    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...); give each run its
+        own file, e.g. ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``.
+    :param fmt: ``jsonl`` or ``csv``.
+    :param full: export everything (the watermark then moves to the end of this export).
+    :param start: where the first export of this task starts when it has no watermark yet (ISO date
+        or time); by default the first export reads everything.
+    :param settle_seconds: the range ends this many seconds before now, so a record written in the last
+        moments is read by the next run rather than missed.
+    :param watermark_key: the Airflow Variable holding the watermark (default
+        ``crm_export_watermark.<dag_id>.<task_id>``).
+    :param page_size: nodes asked for per page (default: the connection's ``page_size``, else 50);
+        a page served shorter is never taken for the last one.
     """
 
-    def holds_key(card: dict[str, Any]) -> bool:
-        return any(item["field"]["id"] == key["id"] and same_value(key, machine_value(item), key_value)
-                   for item in card.get("fields") or [])
+    def __init__(self, *, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
+                 start: str | datetime | None = None, settle_seconds: float = 10.0,
+                 watermark_key: str | None = None, page_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path, self.fmt, self.full, self.start = path, fmt, full, start
+        self.settle_seconds, self.watermark_key, self.page_size = settle_seconds, watermark_key, page_size
 
-    def recorded(card_id: str) -> dict[str, Any] | None:
-        try:
-            card = hook.get_card(card_id)
-        except (CrmNotFoundError, CrmPermissionError):  # deleted cards answer PERMISSION_DENIED
-            return None
-        return card if holds_key(card) and str((card.get("pipe") or {}).get("id")) == str(pipe_id) else None
+    @cached_property
+    def hook(self) -> PipefyHook:
+        return PipefyHook(pipefy_conn_id=self.pipefy_conn_id, page_size=self.page_size)
 
-    def find(suspect: bool) -> dict[str, Any] | None:
-        if searched and not suspect:  # nothing a moment ago, and no writer has marked the key since
-            return None
-        found = hook.find_cards(pipe_id, key["id"], key_value)
-        return found[0] if found else None
+    def plan(self, context: Any) -> tuple[Any, Any]:
+        return plan_export(self, context, full=self.full, incremental=True, start=self.start,
+                           settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
 
-    name = claim_name("pipefy", hook.settings["api_url"], pipe_id, key["id"], key_value)
-    return create_once(claims_for(hook.limiter.store), name, recorded=recorded, find=find, create=create,
-                       ident=lambda card: card["id"])
+    def finish(self, context: Any, window: Any, watermark: Any, records: int, link: tuple[str, str],
+               **ids: Any) -> dict[str, Any]:
+        """Move the watermark, push the link and the asset event, log and return the summary."""
+        commit_export(self, context, watermark, window, records=records, path=str(self.path))
+        push_link(context, *link)
+        emit_asset_event(context, self.outlets, {"records": records, "path": str(self.path), "range": window.as_dict()})
+        summary = self.summary(**ids, records=records, path=str(self.path), range=window.as_dict())
+        self.log.info("Summary:\n%s", summary_table(summary))
+        return summary
 
 
-class PipefyExportCardsOperator(_PipefyOperator):
+class PipefyExportCardsOperator(_PipefyExportOperator):
     """Export the cards of a pipe (or some phases) to JSON Lines or CSV, streamed and written atomically.
 
     One row per card: card attributes, then each field by label and by id with the machine-readable
@@ -444,17 +349,7 @@ class PipefyExportCardsOperator(_PipefyOperator):
     when it has a real one; see docs/incremental-exports.md.
 
     :param pipe_id: the pipe.
-    :param path: target file (ObjectStoragePath or URL: local, s3://, gs://, ...); give each run its
-        own file, e.g. ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``.
     :param phases: phase ids or names to export (default: the whole pipe).
-    :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every card (the watermark then moves to the end of this export).
-    :param start: where the first export of this task starts when it has no watermark yet (ISO date
-        or time); by default the first export reads everything.
-    :param settle_seconds: the range ends this many seconds before now, so a card written in the last
-        moments is read by the next run rather than missed.
-    :param watermark_key: the Airflow Variable holding the watermark (default
-        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param max_workers: phases fetched in parallel (within the shared rate limit).
     :param pipefy_conn_id: the Pipefy connection.
     """
@@ -462,108 +357,56 @@ class PipefyExportCardsOperator(_PipefyOperator):
     template_fields: Sequence[str] = ("pipe_id", "path", "phases", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyPipeLink(),)
 
-    def __init__(self, *, pipe_id: str | int, path: str | ObjectStoragePath, phases: list[str | int] | None = None,
-                 fmt: str = "jsonl", full: bool = False, start: str | datetime | None = None,
-                 settle_seconds: float = 10.0, watermark_key: str | None = None, max_workers: int = 4,
+    def __init__(self, *, pipe_id: str | int, phases: list[str | int] | None = None, max_workers: int = 4,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipe_id = pipe_id
-        self.path = path
         self.phases = phases
-        self.fmt = fmt
-        self.full = full
-        self.start = start
-        self.settle_seconds = settle_seconds
-        self.watermark_key = watermark_key
         self.max_workers = max_workers
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         pipe = hook.get_pipe(self.pipe_id)
-        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
-                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
-        start, end = window.start, window.end
+        window, watermark = self.plan(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
-        if phase_list:  # each phase pages on its own: at least one call each
-            estimated_calls = sum(max(1, math.ceil((p.get("cards_count") or 0) / PAGE_SIZE)) for p in phase_list)
-        else:
-            estimated_calls = max(1, math.ceil(cards_total / PAGE_SIZE))
+        counts = [p.get("cards_count") or 0 for p in phase_list] if phase_list else [cards_total]
+        estimated_calls = sum(pages_for(n, hook.page_size) for n in counts)  # a phase pages on its own
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting pipe %s (%s) cards updated in %s to %s: at most %d cards in %d calls; rate "
                       "limit: %s", pipe["name"], self.pipe_id, window.describe(), self.path, cards_total,
                       estimated_calls, describe_limits(hook.limiter))
-        columns = self._columns(pipe) if self.fmt == "csv" else None
+        header = export_rows.columns(export_rows.CARD_COLUMNS, hook.pipe_fields(self.pipe_id)) if self.fmt == "csv" else None
         # a whole-pipe read knows its total; an incremental one reads only the changed cards
-        progress = Progress(self.log, "cards", total=cards_total if start is None else None, stats=hook.limiter.stats)
-        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
-            for card in self._cards(phase_list, start, end) if not window.empty else ():
-                writer.write(card_row(card))
+        total = cards_total if window.start is None else None
+        progress = Progress(self.log, "cards", total=total, stats=hook.limiter.stats)
+        with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
+            for card in self._cards(phase_list, window.start, window.end) if not window.empty else ():
+                writer.write(export_rows.card_row(card))
                 progress.add()
         progress.done(f"written to {self.path}")
-        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
-                                                 "range": window.as_dict()})
-        summary = self.summary(pipe_id=str(self.pipe_id), records=writer.count, path=str(self.path),
-                               range=window.as_dict())
-        self.log.info("Summary:\n%s", summary_table(summary))
-        return summary
+        return self.finish(context, window, watermark, writer.count,
+                           (PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id)), pipe_id=str(self.pipe_id))
 
     def _cards(self, phases: list[dict[str, Any]] | None, start: datetime | None,
                end: datetime | None) -> Iterator[dict[str, Any]]:
         if not phases:
             yield from self.hook.iter_pipe_cards(self.pipe_id, start, end)
             return
+
         def phase_source(phase: dict[str, Any]) -> Callable[[], Iterator[dict[str, Any]]]:
             def fetch() -> Iterator[dict[str, Any]]:
-                for card in self.hook.iter_phase_cards(phase["id"]):
-                    if _updated_within(card, start, end):
-                        yield card
+                return (card for card in self.hook.iter_phase_cards(phase["id"])
+                        if export_rows.updated_within(card, start, end))
 
             return fetch
 
         # phases in parallel within the shared rate limit; memory stays flat (bounded buffer)
         yield from merge_parallel([phase_source(p) for p in phases], self.max_workers, max_buffered=500)
 
-    def _columns(self, pipe: dict[str, Any]) -> list[str]:
-        fields = self.hook.pipe_fields(self.pipe_id)
-        columns = list(CARD_COLUMNS)
-        for field in fields:
-            for name in (field["label"], field["id"], f"{field['id']}__display"):
-                if name not in columns:
-                    columns.append(name)
-        return columns
 
-
-CARD_COLUMNS = ("id", "title", "phase_id", "phase", "pipe_id", "createdAt", "updated_at", "finished_at", "done",
-                "due_date", "assignees", "labels", "url")
-
-
-def card_row(card: dict[str, Any]) -> dict[str, Any]:
-    row = {
-        "id": card["id"], "title": card.get("title"),
-        "phase_id": (card.get("current_phase") or {}).get("id"), "phase": (card.get("current_phase") or {}).get("name"),
-        "pipe_id": (card.get("pipe") or {}).get("id"), "createdAt": card.get("createdAt"),
-        "updated_at": card.get("updated_at"), "finished_at": card.get("finished_at"), "done": card.get("done"),
-        "due_date": card.get("due_date"), "assignees": [a.get("email") or a.get("id") for a in card.get("assignees") or []],
-        "labels": [label.get("name") for label in card.get("labels") or []], "url": card.get("url"),
-    }
-    row.update(flatten_card_fields(card))
-    return row
-
-
-def _updated_within(card: dict[str, Any], start: datetime | None, end: datetime | None) -> bool:
-    """Whether ``updated_at`` is in ``[start, end)`` (``None``: unbounded), compared in whole seconds
-    as the API filters, so a card in the boundary second belongs to the later range only."""
-    if start is None and end is None:
-        return True
-    stamp = whole_second(datetime.fromisoformat(str(card["updated_at"]).replace("Z", "+00:00")))
-    return (start is None or stamp >= start) and (end is None or stamp < end)
-
-
-class PipefyExportTableRecordsOperator(_PipefyOperator):
+class PipefyExportTableRecordsOperator(_PipefyExportOperator):
     """Export the records of a Pipefy database table to JSON Lines or CSV (streamed, atomic).
 
     One row per record: ``id``, ``title``, ``created_at``, ``updated_at``, then each field by label
@@ -572,74 +415,34 @@ class PipefyExportTableRecordsOperator(_PipefyOperator):
     interval); Pipefy cannot filter records by date, so every page is read and filtered here.
 
     :param table_id: the table.
-    :param path: target file (ObjectStoragePath or URL); give each run its own file.
-    :param fmt: ``jsonl`` or ``csv``.
-    :param full: export every record (the watermark then moves to the end of this export).
-    :param start: where the first export of this task starts when it has no watermark yet (ISO date
-        or time); by default the first export reads everything.
-    :param settle_seconds: the range ends this many seconds before now, so a record written in the last
-        moments is read by the next run rather than missed.
-    :param watermark_key: the Airflow Variable holding the watermark (default
-        ``crm_export_watermark.<dag_id>.<task_id>``).
     :param pipefy_conn_id: the Pipefy connection.
     """
 
     template_fields: Sequence[str] = ("table_id", "path", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyTableLink(),)
 
-    def __init__(self, *, table_id: str | int, path: str | ObjectStoragePath, fmt: str = "jsonl", full: bool = False,
-                 start: str | datetime | None = None, settle_seconds: float = 10.0,
-                 watermark_key: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, table_id: str | int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.table_id = table_id
-        self.path = path
-        self.fmt = fmt
-        self.full = full
-        self.start = start
-        self.settle_seconds = settle_seconds
-        self.watermark_key = watermark_key
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
         table = hook.get_table(self.table_id)
-        window, watermark = plan_export(self, context, full=self.full, incremental=True, start=self.start,
-                                        settle_seconds=self.settle_seconds, watermark_key=self.watermark_key)
-        start, end = window.start, window.end
+        window, watermark = self.plan(context)
         total = table.get("table_records_count") or 0
-        estimated_calls = max(1, math.ceil(total / PAGE_SIZE))
+        estimated_calls = pages_for(total, hook.page_size)
         hook.limiter.check_quota(estimated_calls)
         self.log.info("Exporting table %s (%s) records updated in %s to %s: %d records to read in about %d calls; "
                       "rate limit: %s", table.get("name"), self.table_id, window.describe(), self.path, total,
                       estimated_calls, describe_limits(hook.limiter))
         progress = Progress(self.log, "records read", total=total, stats=hook.limiter.stats)
-        columns = None
-        if self.fmt == "csv":
-            columns = list(RECORD_COLUMNS)
-            for field in table["table_fields"]:
-                names = (field["label"], field["id"], f"{field['id']}__display")
-                columns += [name for name in names if name not in columns]
-        with open_export_writer(self.path, self.fmt, columns=columns, owner=task_label(self, context)) as writer:
+        header = export_rows.columns(export_rows.RECORD_COLUMNS, table["table_fields"]) if self.fmt == "csv" else None
+        with open_export_writer(self.path, self.fmt, columns=header, owner=task_label(self, context)) as writer:
             for record in hook.iter_table_records(self.table_id) if not window.empty else ():
                 progress.add()
-                if _updated_within(record, start, end):
-                    writer.write(record_row(record))
+                if export_rows.updated_within(record, window.start, window.end):
+                    writer.write(export_rows.record_row(record))
         progress.done(f"{writer.count:,} of them updated in the range, written to {self.path}")
-        commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
-        push_link(context, PipefyTableLink.xcom_key, hook.table_url(self.table_id))
-        emit_asset_event(context, self.outlets, {"records": writer.count, "path": str(self.path),
-                                                 "range": window.as_dict()})
-        summary = self.summary(table_id=str(self.table_id), records=writer.count, path=str(self.path),
-                               range=window.as_dict())
-        self.log.info("Summary:\n%s", summary_table(summary))
-        return summary
-
-
-RECORD_COLUMNS = ("id", "title", "created_at", "updated_at")
-
-
-def record_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A table record as an export row: attributes, then each field by label and by id."""
-    row = {k: record.get(k) for k in RECORD_COLUMNS}
-    row.update(flatten_card_fields(record))
-    return row
+        return self.finish(context, window, watermark, writer.count,
+                           (PipefyTableLink.xcom_key, hook.table_url(self.table_id)), table_id=str(self.table_id))

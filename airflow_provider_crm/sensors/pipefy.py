@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
+from airflow_provider_crm.clients.pipefy.values import card_fields
 from airflow_provider_crm.common.context import data_interval, push_link
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError
 from airflow_provider_crm.hooks.pipefy import PipefyHook
@@ -16,7 +17,6 @@ from airflow_provider_crm.sensors.base import CrmSensor
 from airflow_provider_crm.triggers.pipefy import (
     PipefyCardPhaseTrigger,
     PipefyPhaseTrigger,
-    _fields,
     matching_card_ids,
 )
 
@@ -69,7 +69,7 @@ class PipefyCardPhaseSensor(CrmSensor):
     def _check(self, card: dict[str, Any], targets: list[str], failures: list[str]) -> dict[str, Any] | None:
         phase = card["current_phase"]
         info = {"card_id": str(card["id"]), "phase_id": str(phase["id"]), "phase": phase["name"],
-                "fields": _fields(card)}
+                "fields": card_fields(card)}
         if str(phase["id"]) in failures:
             raise PipefyCardFailedError(f"card {card['id']} reached failure phase {phase['name']!r}")
         return info if str(phase["id"]) in targets else None

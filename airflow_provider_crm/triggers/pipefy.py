@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_crm.clients.pipefy.values import card_fields
 from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionError, CrmRetryableError
 from airflow_provider_crm.hooks.pipefy import PipefyAsyncHook
 
@@ -66,7 +67,7 @@ class PipefyCardPhaseTrigger(BaseTrigger):
             else:
                 phase = card.get("current_phase") or {}
                 info = {"card_id": self.card_id, "phase_id": str(phase.get("id")), "phase": phase.get("name"),
-                        "fields": _fields(card)}
+                        "fields": card_fields(card)}
                 if str(phase.get("id")) in self.target_phase_ids:
                     yield TriggerEvent({"status": "success", **info})
                     return
@@ -144,9 +145,3 @@ def matching_card_ids(cards: list[dict[str, Any]], since: str | None, phase_id: 
         if any(moment >= since for moment in entered):
             out.append(str(card["id"]))
     return out
-
-
-def _fields(card: dict[str, Any]) -> dict[str, Any]:
-    from airflow_provider_crm.hooks.pipefy import flatten_card_fields
-
-    return {k: v for k, v in flatten_card_fields(card).items() if not k.endswith("__display")}

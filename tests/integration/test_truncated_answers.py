@@ -10,9 +10,10 @@ import pytest
 import requests
 
 from airflow_provider_crm.clients.pipedrive.transport import Call
+from airflow_provider_crm.clients.pipefy.documents import ME
 from airflow_provider_crm.common.errors import CrmTransientApiError
 from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHook
-from airflow_provider_crm.hooks.pipefy import ME, PipefyHook
+from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
 from airflow_provider_crm.operators.pipefy import PipefyExportCardsOperator
 from tests.integration.conftest import point_connections

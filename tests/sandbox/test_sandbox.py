@@ -168,6 +168,29 @@ def test_pipefy_pagination_cursors_are_opaque_and_capped(sandbox):
     assert len(ids) == len(set(ids)) == 180
 
 
+def test_pipefy_page_cap_is_an_option(sandbox, monkeypatch):
+    """50 by default (the documented size); --pipefy-max-page, CRM_SANDBOX_PIPEFY_MAX_PAGE or the config
+    endpoint grant larger pages (whether Pipefy honours them is unconfirmed)."""
+    from crm_sandbox.__main__ import parse_args
+
+    assert parse_args([])[0].pipefy_max_page == 50
+    assert parse_args(["--pipefy-max-page", "200"])[0].pipefy_max_page == 200
+    monkeypatch.setenv("CRM_SANDBOX_PIPEFY_MAX_PAGE", "120")
+    assert parse_args([])[0].pipefy_max_page == 120
+    q = "{ allCards(pipeId: 302, first: 80) { edges { node { id } } } }"
+
+    def page() -> int:
+        answer = requests.post(sandbox.info()["pipefy_url"], headers=PF, json={"query": q}, timeout=10).json()
+        return len(answer["data"]["allCards"]["edges"])
+
+    assert page() == 50
+    requests.patch(f"{sandbox.url}/_sandbox/config", json={"pipefy_max_page": 100}, timeout=10).raise_for_status()
+    try:
+        assert page() == 80
+    finally:
+        requests.patch(f"{sandbox.url}/_sandbox/config", json={"pipefy_max_page": 50}, timeout=10)
+
+
 def test_pipefy_window_block_and_clock(make_sandbox):
     server = make_sandbox(pipefy_requests_per_window=5, pipefy_window_seconds=30, pipefy_block_seconds=300)
     url = server.info()["pipefy_url"]

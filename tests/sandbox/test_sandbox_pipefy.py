@@ -265,7 +265,7 @@ def test_card_fields_hold_only_filled_values(sandbox):
 
 # -- mutations ---------------------------------------------------------------------------------------
 UFV = """mutation($i: UpdateFieldsValuesInput!) { updateFieldsValues(input: $i) { success userErrors { field message }
-  updatedNode { id ... on Card { fields { field { id } value array_value } } ... on TableRecord { title } } } }"""
+  updatedNode { ... on Card { id fields { field { id } value array_value } } ... on TableRecord { id title } } } }"""
 
 
 def test_update_fields_values_operations_limit_and_soft_failures(sandbox):
@@ -285,7 +285,7 @@ def test_update_fields_values_operations_limit_and_soft_failures(sandbox):
     assert checklist(replaced["updatedNode"]) == ["Training"]
     soft = run([{"fieldId": "seats", "value": "99"}, {"fieldId": "seats_typo", "value": "1"},
                 {"fieldId": "start_date", "value": "someday"}])
-    assert soft["success"] is False and [e["field"] for e in soft["userErrors"]] == ["seats_typo", "start_date"]
+    assert soft["success"] is False and [e["field"] for e in soft["userErrors"]] == [["seats_typo"], ["start_date"]]
     assert "someday" in soft["userErrors"][1]["message"]
     seats = next(f["value"] for f in soft["updatedNode"]["fields"] if f["field"]["id"] == "seats")
     assert seats == "3"  # nothing of a failed call is applied
@@ -295,6 +295,26 @@ def test_update_fields_values_operations_limit_and_soft_failures(sandbox):
     record_id = pipefy_state(sandbox)["records"][0]["id"]
     on_record = ok(sandbox, UFV, {"i": {"nodeId": record_id, "values": [{"fieldId": "tier", "value": "Gold"}]}})
     assert on_record["updateFieldsValues"]["success"] and on_record["updateFieldsValues"]["updatedNode"]["id"] == record_id
+
+
+def test_update_fields_values_takes_the_evidences_shapes(sandbox):
+    """Pipefy's shapes (api-notes, "Checked against public evidence"): ``updatedNode`` is a union (no
+    ``id`` without a fragment), ``value`` a list (one item for a single-value field), and the search
+    operator enum is ``AdvancedSearchOperators``."""
+    card = new_card(sandbox)
+    plain = gql(sandbox, """mutation($i: UpdateFieldsValuesInput!) { updateFieldsValues(input: $i) {
+        updatedNode { id } } }""", {"i": {"nodeId": card["id"], "values": [{"fieldId": "seats", "value": "4"}]}})
+    assert "Cannot query field 'id' on type 'UpdatedNode'" in plain["errors"][0]["message"]
+    listed = ok(sandbox, UFV, {"i": {"nodeId": card["id"], "values": [{"fieldId": "seats", "value": ["4"]}]}})
+    seats = next(f["value"] for f in listed["updateFieldsValues"]["updatedNode"]["fields"] if f["field"]["id"] == "seats")
+    assert seats == "4"
+    two = ok(sandbox, UFV, {"i": {"nodeId": card["id"], "values": [{"fieldId": "seats", "value": ["4", "5"]}]}})
+    assert two["updateFieldsValues"]["userErrors"][0]["field"] == ["seats"]
+    old_enum = gql(sandbox, "query($o: SearchOperator) { me { id } }", {"o": "gte"})
+    assert any("Unknown type 'SearchOperator'" in e["message"] for e in old_enum["errors"])
+    new_enum = gql(sandbox, """query($p: ID!, $o: AdvancedSearchOperators) { allCards(pipeId: $p, first: 1,
+        filter: {field: "title", operator: $o, value: "x"}) { totalCount } }""", {"p": "301", "o": "equal"})
+    assert "errors" not in new_enum
 
 
 def test_update_card_replaces_lists_and_moves_updated_at(sandbox):

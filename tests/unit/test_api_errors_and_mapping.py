@@ -1,4 +1,5 @@
-"""Envelopes, typed errors, both paginations and the custom-field mapping, with HTTP mocked."""
+"""Pipedrive envelopes, typed errors, both paginations and the custom-field mapping, with HTTP mocked
+(the Pipefy ones are in tests/unit/clients/pipefy)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import responses
 
 from airflow_provider_crm.common.errors import (
     CrmAuthError,
-    CrmError,
     CrmInputError,
-    CrmInternalServerError,
     CrmNotFoundError,
     CrmPermanentApiError,
     CrmPermissionError,
@@ -21,37 +20,9 @@ from airflow_provider_crm.common.errors import (
     CrmValidationError,
 )
 from airflow_provider_crm.hooks.pipedrive import FieldMap, PipedriveHook, pipedrive_error
-from airflow_provider_crm.hooks.pipefy import PipefyHook, flatten_card_fields, pipefy_error, to_pipefy_value
 
 KEY_PLAN = "a" * 40
 KEY_REGION = "b" * 40
-
-
-@pytest.mark.parametrize(
-    ("code", "cls"),
-    [("UNAUTHORIZED", CrmAuthError), ("PERMISSION_DENIED", CrmPermissionError), ("INVALID_ROLE", CrmPermissionError),
-     ("RESOURCE_NOT_FOUND", CrmNotFoundError), ("RECORD_NOT_FOUND", CrmNotFoundError),
-     ("INVALID_INPUT", CrmValidationError), ("RECORD_INVALID", CrmValidationError),
-     ("FEATURE_NOT_ALLOWED_BY_ORGANIZATION_PLAN", CrmPlanLimitError),
-     ("INTERNAL_SERVER_ERROR", CrmInternalServerError), ("TOO_MANY_REQUESTS", CrmRateLimitError),
-     # Pipefy's e-mail sending limit, not the monthly API quota (api-notes, "Checked against public evidence")
-     ("USAGE_LIMIT_EXCEEDED", CrmPlanLimitError), ("SOMETHING_NEW", CrmPermanentApiError)],
-)
-def test_pipefy_error_codes_map_to_types_keeping_message_and_correlation_id(code, cls):
-    err = pipefy_error([{"message": "Card not found with id: 1", "extensions": {"code": code,
-                                                                                "correlation_id": "c-123"}}],
-                       data={"deleteCard": None})
-    assert isinstance(err, cls)
-    assert "Card not found with id: 1" in str(err) and "c-123" in str(err)
-    if hasattr(err, "data"):
-        assert err.data == {"deleteCard": None}
-
-
-def test_pipefy_older_error_form_and_permission_hint():
-    old = pipefy_error([{"message": "Not found", "code": 30003, "type": "ResourceNotFoundError"}])
-    assert isinstance(old, CrmNotFoundError)
-    denied = pipefy_error([{"message": "Permission denied", "extensions": {"code": "PERMISSION_DENIED"}}])
-    assert "member of each pipe" in str(denied)
 
 
 @pytest.mark.parametrize(
@@ -117,97 +88,3 @@ def test_field_map_both_ways():
     assert fmap.rename_record(v2) == {"id": 1, "title": "x", "Onboarding plan": "Pro", "Region": ["EMEA"]}
     v1 = {"id": 1, KEY_PLAN: 1}
     assert fmap.rename_record(v1, labels=False) == {"id": 1, "Onboarding plan": 1}
-
-
-@pytest.mark.parametrize(
-    ("ftype", "value", "written"),
-    [("number", 12.5, "12.5"), ("currency", "1235.32", "1235.32"), ("date", "2026-03-01", "2026-03-01"),
-     ("datetime", "2026-03-01T10:00:00", "2026-03-01T10:00:00+00:00"), ("time", "09:30", "09:30"),
-     ("checklist_vertical", "A", ["A"]), ("label_select", [1, 2], ["1", "2"]), ("short_text", True, "true")],
-)
-def test_pipefy_values_written_by_field_type(ftype, value, written):
-    assert to_pipefy_value({"id": "f", "label": "F", "type": ftype}, value) == written
-
-
-def test_pipefy_bad_value_names_field_and_value():
-    with pytest.raises(CrmInputError, match=r"field 'Plan' \(select\): 'Gold' is not one of its options"):
-        to_pipefy_value({"id": "plan", "label": "Plan", "type": "select", "options": ["Basic"]}, "Gold")
-    with pytest.raises(CrmInputError, match="'Seats' .*takes a single value"):
-        to_pipefy_value({"id": "s", "label": "Seats", "type": "number"}, [1, 2])
-
-
-def test_flatten_keeps_machine_values_beside_display():
-    card = {"fields": [{"field": {"id": "due", "label": "Due"}, "value": "01/03/2026", "date_value": "2026-03-01"},
-                       {"field": {"id": "tags", "label": "Tags"}, "value": '["a"]', "array_value": ["a"]}]}
-    flat = flatten_card_fields(card)
-    assert flat["Due"] == flat["due"] == "2026-03-01" and flat["due__display"] == "01/03/2026"
-    assert flat["Tags"] == ["a"]
-
-
-@responses.activate
-def test_pipefy_relay_pagination_requests_at_most_50(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_PF", json.dumps({"conn_type": "pipefy", "password": "tok-123456",
-                                                      "host": "https://pf.test/graphql",
-                                                      "extra": {"rate_limit_store": "memory"}}))
-    page = lambda ids, more, cursor: {"data": {"allCards": {  # noqa: E731
-        "pageInfo": {"hasNextPage": more, "endCursor": cursor}, "edges": [{"node": {"id": i}} for i in ids]}}}
-    responses.post("https://pf.test/graphql", json=page(["1", "2"], True, "opaque=="))
-    responses.post("https://pf.test/graphql", json=page(["3"], False, None))
-    assert [c["id"] for c in PipefyHook("pf").iter_pipe_cards("301")] == ["1", "2", "3"]
-    bodies = [json.loads(c.request.body) for c in responses.calls]
-    assert all(b["variables"]["first"] == 50 for b in bodies)
-    assert bodies[1]["variables"]["after"] == "opaque=="
-
-
-PIPEFY_URL = "https://pipefy.test/graphql"
-
-
-@pytest.fixture
-def pipefy_conn(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_PIPEFY_ERRORS", json.dumps({
-        "conn_type": "pipefy", "host": PIPEFY_URL, "password": "tok-errors-5e1d", "extra": {"rate_limit_store": "memory"}}))
-    from airflow_provider_crm.hooks.pipefy import PipefyHook
-
-    return PipefyHook("pipefy_errors")
-
-
-@responses.activate
-@pytest.mark.parametrize(("body", "status", "cls", "text"), [
-    ({"error": "invalid_token"}, 200, CrmAuthError, "Connection 'pipefy_errors'"),
-    ({"error": "invalid_token"}, 401, CrmAuthError, "pipefy_errors"),
-    ({"error": {"message": "Permission denied", "details": {"code": "PERMISSION_DENIED",
-                                                            "correlation_id": "c-77"}}}, 200, CrmPermissionError, "c-77"),
-])
-def test_pipefy_singular_error_answers_are_typed(pipefy_conn, body, status, cls, text):
-    """Pipefy answers some failures with a top-level `error` (not `errors`), even with HTTP 200."""
-    responses.post(PIPEFY_URL, json=body, status=status)
-    with pytest.raises(cls) as caught:
-        pipefy_conn.get_card("1")
-    assert text in str(caught.value) and "tok-errors" not in str(caught.value)
-
-
-INTERNAL = {"data": None, "errors": [{"message": "Something went wrong", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
-
-
-@responses.activate
-def test_pipefy_internal_server_error_is_retried_once_for_a_read(pipefy_conn, monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    for _ in range(3):
-        responses.post(PIPEFY_URL, json=INTERNAL)
-    with pytest.raises(CrmInternalServerError):
-        pipefy_conn.get_card("1")
-    assert len(responses.calls) == 2  # the first try and one retry, not five
-
-
-@responses.activate
-def test_pipefy_internal_server_error_is_never_retried_for_a_create(pipefy_conn, monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    fields = {"data": {"pipe": {"id": "1", "start_form_fields": [], "phases": []}}}
-    responses.post(PIPEFY_URL, json=fields)
-    responses.post(PIPEFY_URL, json=INTERNAL)
-    responses.post(PIPEFY_URL, json={"data": {"createCard": {"card": {"id": "9"}}}})
-    with pytest.raises(CrmError):
-        pipefy_conn.create_card("1", title="once")
-    creates = [c for c in responses.calls if b"createCard" in (c.request.body or b"")]
-    assert len(creates) == 1
-

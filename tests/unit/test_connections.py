@@ -21,8 +21,7 @@ def set_conn(monkeypatch, conn_id, **conn):
 def test_pipefy_personal_token_with_defaults(monkeypatch):
     set_conn(monkeypatch, "pf", conn_type="pipefy", password=SECRET)
     s = PipefyHook("pf").settings
-    assert (s["api_url"], s["token"], s["plan"], s["client_id"]) == ("https://api.pipefy.com/graphql", SECRET,
-                                                                      "unlimited", None)
+    assert (s.api_url, s.token, s.plan, s.client_id) == ("https://api.pipefy.com/graphql", SECRET, "unlimited", None)
 
 
 def test_pipefy_service_account_and_overrides_old_prefixed_extras(monkeypatch):
@@ -30,9 +29,9 @@ def test_pipefy_service_account_and_overrides_old_prefixed_extras(monkeypatch):
              extra={"extra__pipefy__client_id": "sa-1", "client_secret": SECRET, "plan": "Business",
                     "requests_per_30s": "100", "monthly_quota": 400, "rate_limit_store": "redis://localhost:6379/0"})
     s = PipefyHook("pf").settings
-    assert s["api_url"] == "https://pipefy.acme.com/graphql"
-    assert (s["client_id"], s["plan"], s["requests_per_30s"], s["monthly_quota"]) == ("sa-1", "business", 100, 400)
-    assert s["rate_limit_store"] == "redis://localhost:6379/0"
+    assert s.api_url == "https://pipefy.acme.com/graphql"
+    assert (s.client_id, s.plan, s.requests_per_30s, s.monthly_quota) == ("sa-1", "business", 100, 400)
+    assert s.rate_limit_store == "redis://localhost:6379/0"
 
 
 def test_pipedrive_token_company_domain_and_old_plan_names(monkeypatch):

@@ -13,10 +13,11 @@ import respx
 import urllib3
 
 from airflow_provider_crm.clients.pipedrive.transport import Call
+from airflow_provider_crm.clients.pipefy.documents import ME
 from airflow_provider_crm.common import http
 from airflow_provider_crm.common.errors import CrmRateLimitError, CrmTransientApiError
 from airflow_provider_crm.hooks.pipedrive import PipedriveAsyncHook, PipedriveHook
-from airflow_provider_crm.hooks.pipefy import ME, PipefyAsyncHook, PipefyHook
+from airflow_provider_crm.hooks.pipefy import PipefyAsyncHook, PipefyHook
 
 PD = "https://pd.test"
 PF = "https://pipefy.test/graphql"
@@ -128,7 +129,7 @@ def test_an_html_page_answered_with_200_is_reported_as_html_with_its_real_status
 def test_pipefy_html_page_is_reported_as_html_with_its_real_status():
     responses.post(PF, body=HTML, status=200, content_type="text/html")
     with pytest.raises(CrmTransientApiError) as caught:
-        PipefyHook("pf")._post_once(ME, {}, "read")
+        PipefyHook("pf").client.post_once(ME, {}, "read")
     assert caught.value.status == 200 and "HTML page, not JSON" in str(caught.value)
 
 

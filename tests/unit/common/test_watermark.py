@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import responses
 
+from airflow_provider_crm.clients.pipefy.rows import updated_within as _updated_within
 from airflow_provider_crm.common import watermark
 from airflow_provider_crm.common.watermark import (
     DATA_INTERVAL,
@@ -21,7 +22,6 @@ from airflow_provider_crm.common.watermark import (
     plan_window,
 )
 from airflow_provider_crm.operators.pipedrive import PipedriveExportOperator
-from airflow_provider_crm.operators.pipefy import _updated_within
 
 NOW = datetime(2026, 3, 2, 10, 0, 0, 700_000, tzinfo=timezone.utc)
 SETTLE = timedelta(seconds=10)

@@ -10,7 +10,7 @@ from graphql import DocumentNode, GraphQLInputObjectType, get_named_type, valida
 from graphql.language import NamedTypeNode, visit
 from graphql.language.visitor import Visitor
 
-from airflow_provider_crm.hooks import pipefy as client
+from airflow_provider_crm.clients.pipefy import documents as client
 from crm_sandbox.pipefy import SCHEMA
 
 DOCUMENTS = {name: value for name, value in vars(client).items() if isinstance(value, DocumentNode)}

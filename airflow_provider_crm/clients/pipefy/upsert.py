@@ -1,0 +1,87 @@
+"""How an upsert row becomes a Pipefy card: found by its key field, compared, created (once per key),
+updated, moved to a phase. common/upsert.py runs the loop (concurrently, never two rows of one key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from airflow_provider_crm.clients.pipefy.client import PipefyClient
+from airflow_provider_crm.clients.pipefy.values import machine_value, resolve_field, same_value
+from airflow_provider_crm.clients.pipefy.writes import create_card_once
+from airflow_provider_crm.common.errors import CrmInputError
+
+
+class PipefyUpsertSteps:
+    """How a row becomes a card: found by its key field, compared, created, updated, moved to ``target``
+    (common/upsert.py runs the loop)."""
+
+    def __init__(self, client: PipefyClient, pipe_id: str | int, key: dict[str, Any], key_column: str,
+                 meta: list[dict[str, Any]], target: dict[str, Any] | None, *, field_map: dict[str, str],
+                 title_column: str | None, prepared: Callable[[Hashable, Any], Any]) -> None:
+        self.client = client
+        self.pipe_id = pipe_id
+        self.key, self.key_column, self.meta, self.target = key, key_column, meta, target
+        self.field_map = field_map
+        self.title_column = title_column
+        self.prepared = prepared  # common/upsert.py's PreparedRow, given by the operator (it imports Airflow)
+
+    def is_field(self, column: str) -> bool:
+        """Whether a column (the title column) also names a field: then it is written to both."""
+        try:
+            resolve_field(self.meta, self.field_map.get(column, column), f"pipe {self.pipe_id}")
+        except CrmInputError:
+            return False
+        return True
+
+    def prepare(self, row: dict[str, Any]) -> Any:
+        if row.get(self.key_column) in (None, ""):
+            raise CrmInputError(f"key column {self.key_column!r} is empty")
+        values = {self.field_map.get(col, col): val for col, val in row.items()
+                  if val is not None and (col != self.title_column or self.is_field(col))}
+        for name in values:
+            resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
+        key_value = self.client.value(self.key, row[self.key_column])
+        title = row.get(self.title_column) if self.title_column else None
+        return self.prepared(repr(key_value), (key_value, values, title))
+
+    def find(self, row: Any) -> dict[str, Any] | None:
+        found = self.client.find_cards(self.pipe_id, self.key["id"], row.payload[0])
+        return found[0] if found else None
+
+    def create(self, row: Any) -> tuple[dict[str, Any], bool]:
+        # under the key's claim (shared by every process using this store), so two upserts of the
+        # same rows at once create each card once
+        key_value, values, title = row.payload
+        key_field = self.field_map.get(self.key_column, self.key_column)
+        return create_card_once(
+            self.client, self.pipe_id, self.key, key_value, searched=True,
+            create=lambda: self.client.create_card(self.pipe_id, title=title, fields=values, key_field=key_field))
+
+    def changes(self, card: dict[str, Any], row: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        _, values, title = row.payload
+        current = {item["field"]["id"]: item for item in card.get("fields") or []}
+        changed = {}
+        for name, value in values.items():
+            field = resolve_field(self.meta, name, f"pipe {self.pipe_id}")
+            have = current.get(field["id"])
+            if not same_value(field, machine_value(have) if have else None, self.client.value(field, value)):
+                changed[name] = value
+        attrs = {"title": title} if title and title != card.get("title") else {}
+        return (changed, attrs) if changed or attrs else None
+
+    def update(self, card: dict[str, Any], changes: tuple[dict[str, Any], dict[str, Any]], row: Any) -> None:
+        changed, attrs = changes
+        self.client.update_card(card["id"], pipe_id=self.pipe_id, fields=changed, **attrs)
+
+    def finish(self, card: dict[str, Any], row: Any, created: bool) -> None:
+        if self.target is None:
+            return
+        phase_now = (card.get("current_phase") or {}).get("id")
+        if phase_now is None and created:
+            phase_now = self.client.get_card(card["id"])["current_phase"]["id"]
+        if str(phase_now) != str(self.target["id"]):
+            self.client.move_card(card["id"], self.target["id"])
+
+    def ident(self, card: dict[str, Any]) -> str:
+        return str(card["id"])
