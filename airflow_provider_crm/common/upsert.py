@@ -156,7 +156,7 @@ def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 
     write takes up to ``write_seconds``, never more than ``cap`` (or 32). The limiter, not this
     number, holds the rate, so asking for more rows in flight than the window admits costs only waits.
     """
-    return int(limiter.in_flight(write_seconds / 1.25, cap or MAX_UPSERT_WORKERS, kind="write"))
+    return int(limiter.in_flight(write_seconds, cap or MAX_UPSERT_WORKERS, kind="write", headroom=1.0))
 
 
 # the hooks' HTTP connection pool per host (common/http.py POOL_SIZE): more threads would queue for it

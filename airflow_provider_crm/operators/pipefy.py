@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
@@ -350,26 +351,36 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
 
     :param pipe_id: the pipe.
     :param phases: phase ids or names to export (default: the whole pipe).
-    :param max_workers: phases fetched in parallel (within the shared rate limit).
+    :param max_workers: the most phases read in parallel. By default (None) the export chooses: a
+        whole-pipe read (a first or full export) reads its phases side by side, as many at once as the
+        plan's rate needs at the latency of the first request (at most 16); an incremental read of the
+        whole pipe is one filtered stream of the changed cards.
     :param pipefy_conn_id: the Pipefy connection.
     """
 
     template_fields: Sequence[str] = ("pipe_id", "path", "phases", "fmt", "start", "watermark_key")
     operator_extra_links = (PipefyPipeLink(),)
 
-    def __init__(self, *, pipe_id: str | int, phases: list[str | int] | None = None, max_workers: int = 4,
+    def __init__(self, *, pipe_id: str | int, phases: list[str | int] | None = None, max_workers: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pipe_id = pipe_id
         self.phases = phases
         self.max_workers = max_workers
+        self.parallel = 1  # phases read at once, chosen in execute
 
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
+        began = time.monotonic()
         pipe = hook.get_pipe(self.pipe_id)
+        latency = time.monotonic() - began
         window, watermark = self.plan(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
+        if phase_list is None and window.start is None:
+            # the whole pipe: its phases side by side page faster than one stream of allCards
+            phase_list = [p for p in pipe.get("phases") or [] if p.get("cards_count") != 0]
+        self.parallel = max(1, min(len(phase_list or [None]), hook.limiter.in_flight(latency, self.max_workers or 16)))
         cards_total = sum(p.get("cards_count") or 0 for p in (phase_list or pipe.get("phases") or []))
         counts = [p.get("cards_count") or 0 for p in phase_list] if phase_list else [cards_total]
         estimated_calls = sum(pages_for(n, hook.page_size) for n in counts)  # a phase pages on its own
@@ -387,7 +398,8 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
                 progress.add()
         progress.done(f"written to {self.path}")
         return self.finish(context, window, watermark, writer.count,
-                           (PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id)), pipe_id=str(self.pipe_id))
+                           (PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id)), pipe_id=str(self.pipe_id),
+                           parallel=self.parallel)
 
     def _cards(self, phases: list[dict[str, Any]] | None, start: datetime | None,
                end: datetime | None) -> Iterator[dict[str, Any]]:
@@ -403,7 +415,7 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
             return fetch
 
         # phases in parallel within the shared rate limit; memory stays flat (bounded buffer)
-        yield from merge_parallel([phase_source(p) for p in phases], self.max_workers, max_buffered=500)
+        yield from merge_parallel([phase_source(p) for p in phases], self.parallel, max_buffered=500)
 
 
 class PipefyExportTableRecordsOperator(_PipefyExportOperator):

@@ -50,3 +50,18 @@ def test_one_request_in_flight_where_the_plan_allows_no_more(slow_sandbox, monke
     summary = PipedriveExportOperator(task_id="e", entity="deals", path=str(tmp_path / "d.jsonl")).execute(context())
     assert summary["parallel"] == 1
     assert summary["records"] > 0
+
+
+def test_a_whole_pipe_export_reads_its_phases_side_by_side(slow_sandbox, monkeypatch, context, tmp_path):
+    from airflow_provider_crm.hooks.pipefy import PipefyHook
+    from airflow_provider_crm.operators.pipefy import PipefyExportCardsOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_PIPEFY_DEFAULT", json.dumps({
+        "conn_type": "pipefy", "host": slow_sandbox.info()["pipefy_url"], "password": "sandbox-pipefy-token",
+        "extra": {"rate_limit_store": "memory"}}))
+    path = tmp_path / "cards.jsonl"
+    summary = PipefyExportCardsOperator(task_id="c", pipe_id="301", path=str(path)).execute(context())
+    assert summary["parallel"] > 1
+    # the same cards as one filtered allCards stream over the same range
+    stream = {str(card["id"]) for card in PipefyHook().iter_pipe_cards("301")}
+    assert sorted(json.loads(line)["id"] for line in path.read_text().splitlines()) == sorted(stream)

@@ -119,14 +119,16 @@ class RateLimiter:
         }
         self._bucket_lock = threading.Lock()
 
-    def in_flight(self, latency_s: float, cap: int, kind: str = "read") -> int:
+    def in_flight(self, latency_s: float, cap: int, kind: str = "read", headroom: float = 4.0) -> int:
         """How many requests of ``kind`` to keep in flight so that the plan's window, not the latency,
-        sets the pace: the tightest window's rate times ``latency_s``, a quarter more for jitter, at
-        least one and at most ``cap``. More than that only waits in the limiter."""
+        sets the pace: the tightest window's rate times ``latency_s`` times ``headroom``, at least one
+        and at most ``cap``. The default headroom of 4 drains a window's allowance in a quarter of the
+        window, so a job of several windows waits on the plan alone, even with slower answers now and
+        then. More than that only waits in the limiter."""
         rates = [w.limit / w.seconds for w in self.windows if kind in w.kinds]
         if not rates:
             return max(1, cap)
-        return max(1, min(cap, math.ceil(min(rates) * max(0.0, latency_s) * 1.25)))
+        return max(1, min(cap, math.ceil(min(rates) * max(0.0, latency_s) * headroom)))
 
     # -- shared values ------------------------------------------------------------------------------
     def _value_key(self, name: str) -> str:
