@@ -71,3 +71,12 @@ def _read_file(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
         else:
             raise CrmInputError(f"rows file {path}: unknown format {suffix!r} (use .jsonl, .json or .csv)")
         stream.detach()
+
+
+def counted_rows(source: Any) -> tuple[Iterator[dict[str, Any]], int]:
+    """The rows of ``source`` (as :func:`read_rows`) and how many there are; a file is counted in a first
+    streamed pass rather than held in memory."""
+    if isinstance(source, ObjectStoragePath) or (isinstance(source, str) and not source.strip().startswith("[")):
+        return read_rows(source), sum(1 for _ in read_rows(source))
+    rows = list(read_rows(source))
+    return iter(rows), len(rows)

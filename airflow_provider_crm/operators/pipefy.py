@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -19,8 +19,9 @@ from airflow_provider_crm.common.errors import CrmNotFoundError, CrmPermissionEr
 from airflow_provider_crm.common.export import open_export_writer, tuned_for_export
 from airflow_provider_crm.common.fanin import merge_parallel
 from airflow_provider_crm.common.progress import Progress, describe_limits, summary_table
-from airflow_provider_crm.common.rows import read_rows
-from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
+from airflow_provider_crm.common.rows import counted_rows
+from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.upsert_loop import run_upsert, upsert_workers
 from airflow_provider_crm.common.watermark import commit_export, plan_export
 from airflow_provider_crm.hooks.pipefy import PipefyHook
 from airflow_provider_crm.links import PipefyCardLink, PipefyPipeLink, PipefyTableLink
@@ -267,7 +268,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         key = hook.resolve_field(meta, self.key_field, f"pipe {self.pipe_id}")
         target = hook.resolve_phase(self.pipe_id, self.phase) if self.phase is not None else None
         key_column = next((c for c, f in self.field_map.items() if f == self.key_field), self.key_field)
-        rows, count = self._rows()
+        rows, count = counted_rows(self.rows)
         # one lookup per row, a create or an update for most, a move for some
         estimate = count * (2 + (1 if target is not None else 0))
         workers = upsert_workers(hook.limiter, self.max_workers)
@@ -278,7 +279,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
         steps = PipefyUpsertSteps(hook.client, self.pipe_id, key, key_column, meta, target,
-                                  field_map=self.field_map, title_column=self.title_column, prepared=PreparedRow)
+                                  field_map=self.field_map, title_column=self.title_column)
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
@@ -286,15 +287,6 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
-
-    def _rows(self) -> tuple[Iterator[dict[str, Any]], int]:
-        """The rows and how many there are; a file is counted in a first streamed pass, not held in memory."""
-        source = self.rows
-        if isinstance(source, ObjectStoragePath) or (isinstance(source, str) and not source.strip().startswith("[")):
-            return read_rows(source), sum(1 for _ in read_rows(source))
-        rows = list(read_rows(source))
-        return iter(rows), len(rows)
-
 
 
 class _PipefyExportOperator(_PipefyOperator):
@@ -407,15 +399,11 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
             yield from self.hook.iter_pipe_cards(self.pipe_id, start, end)
             return
 
-        def phase_source(phase: dict[str, Any]) -> Callable[[], Iterator[dict[str, Any]]]:
-            def fetch() -> Iterator[dict[str, Any]]:
-                return (card for card in self.hook.iter_phase_cards(phase["id"])
-                        if export_rows.updated_within(card, start, end))
-
-            return fetch
+        def phase_cards(phase_id: str) -> Iterator[dict[str, Any]]:
+            return (card for card in self.hook.iter_phase_cards(phase_id) if export_rows.updated_within(card, start, end))
 
         # phases in parallel within the shared rate limit; memory stays flat (bounded buffer)
-        yield from merge_parallel([phase_source(p) for p in phases], self.parallel, max_buffered=500)
+        yield from merge_parallel([partial(phase_cards, p["id"]) for p in phases], self.parallel, max_buffered=500)
 
 
 class PipefyExportTableRecordsOperator(_PipefyExportOperator):

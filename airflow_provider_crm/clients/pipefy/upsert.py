@@ -1,30 +1,29 @@
 """How an upsert row becomes a Pipefy card: found by its key field, compared, created (once per key),
-updated, moved to a phase. common/upsert.py runs the loop (concurrently, never two rows of one key)."""
+updated, moved to a phase. common/upsert_loop.py runs the loop (concurrently, never two rows of one key)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from typing import Any
 
 from airflow_provider_crm.clients.pipefy.client import PipefyClient
 from airflow_provider_crm.clients.pipefy.values import machine_value, resolve_field, same_value
 from airflow_provider_crm.clients.pipefy.writes import create_card_once
 from airflow_provider_crm.common.errors import CrmInputError
+from airflow_provider_crm.common.upsert_loop import PreparedRow
 
 
 class PipefyUpsertSteps:
     """How a row becomes a card: found by its key field, compared, created, updated, moved to ``target``
-    (common/upsert.py runs the loop)."""
+    (common/upsert_loop.py runs the loop)."""
 
     def __init__(self, client: PipefyClient, pipe_id: str | int, key: dict[str, Any], key_column: str,
                  meta: list[dict[str, Any]], target: dict[str, Any] | None, *, field_map: dict[str, str],
-                 title_column: str | None, prepared: Callable[[Hashable, Any], Any]) -> None:
+                 title_column: str | None) -> None:
         self.client = client
         self.pipe_id = pipe_id
         self.key, self.key_column, self.meta, self.target = key, key_column, meta, target
         self.field_map = field_map
         self.title_column = title_column
-        self.prepared = prepared  # common/upsert.py's PreparedRow, given by the operator (it imports Airflow)
 
     def is_field(self, column: str) -> bool:
         """Whether a column (the title column) also names a field: then it is written to both."""
@@ -43,7 +42,7 @@ class PipefyUpsertSteps:
             resolve_field(self.meta, name, f"pipe {self.pipe_id}")  # unknown columns fail the row, named
         key_value = self.client.value(self.key, row[self.key_column])
         title = row.get(self.title_column) if self.title_column else None
-        return self.prepared(repr(key_value), (key_value, values, title))
+        return PreparedRow(repr(key_value), (key_value, values, title))
 
     def find(self, row: Any) -> dict[str, Any] | None:
         found = self.client.find_cards(self.pipe_id, self.key["id"], row.payload[0])

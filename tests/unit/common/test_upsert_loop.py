@@ -14,7 +14,8 @@ from airflow_provider_crm.clients.pipefy.policy import pipefy_policy
 from airflow_provider_crm.common.errors import CrmInputError
 from airflow_provider_crm.common.progress import Progress
 from airflow_provider_crm.common.ratelimit.limiter import build_limiter
-from airflow_provider_crm.common.upsert import PreparedRow, UpsertReport, run_upsert, upsert_workers
+from airflow_provider_crm.common.upsert import UpsertReport
+from airflow_provider_crm.common.upsert_loop import PreparedRow, run_upsert, upsert_workers
 
 
 class FakeStore:
