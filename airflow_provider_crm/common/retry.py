@@ -170,14 +170,13 @@ async def acall_with_retries(
     idempotent: bool,
     lookup: Callable[[], Awaitable[T | None]] | None = None,
     description: str,
-    stats: LimiterStats | None = None,
-    attempts: int = DEFAULT_ATTEMPTS,
-    backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
-    backoff_max: float = DEFAULT_BACKOFF_MAX,
-    max_wait: float | None = None,
+    **limits: Any,
 ) -> T:
-    """The async twin of :func:`call_with_retries` (sleeps with asyncio)."""
-    policy = _Policy(description, stats, attempts, backoff_initial, backoff_max, max_wait,
+    """The async twin of :func:`call_with_retries` (sleeps with asyncio); ``limits`` are its
+    ``stats``, ``attempts``, ``backoff_initial``, ``backoff_max`` and ``max_wait``."""
+    policy = _Policy(description, limits.get("stats"), limits.get("attempts", DEFAULT_ATTEMPTS),
+                     limits.get("backoff_initial", DEFAULT_BACKOFF_INITIAL),
+                     limits.get("backoff_max", DEFAULT_BACKOFF_MAX), limits.get("max_wait"),
                      may_have_landed_ok=idempotent or lookup is not None)
     check = False
 
