@@ -73,7 +73,8 @@ def pipefy_upsert(args: dict[str, Any]) -> dict[str, Any]:
     op = PipefyUpsertCardsOperator(task_id="bench", pipe_id="302", rows=rows, key_field="Requester",
                                    **({} if args.get("defaults") else {"max_workers": 1}))
     summary = op.execute(_context())
-    result = {"records": summary["total"], "stopped": time.monotonic(), **summary["rate_limit"]}
+    result = {"records": summary["total"], "stopped": time.monotonic(), "concurrency": summary.get("parallel"),
+              **summary["rate_limit"]}
     # duplicates, read back from the sandbox once the clock has stopped: cards per key value
     from airflow_provider_crm.hooks.pipefy import PipefyHook
 
@@ -89,7 +90,8 @@ def pipedrive_upsert(args: dict[str, Any]) -> dict[str, Any]:
     tuning = {} if args.get("defaults") else {"lookup": args.get("lookup", "search"), "max_workers": 1}
     op = PipedriveUpsertOperator(task_id="bench", entity="persons", rows=rows, key_field="email", **tuning)
     summary = op.execute(_context())
-    result = {"records": summary["total"], "stopped": time.monotonic(), **summary["rate_limit"]}
+    result = {"records": summary["total"], "stopped": time.monotonic(), "concurrency": summary.get("parallel"),
+              **summary["rate_limit"]}
     # duplicates, read back from the sandbox once the clock has stopped: persons per e-mail
     emails = [e["value"].lower() for p in op.hook.iter_records("persons") for e in p.get("emails") or []
               if str(e.get("value", "")).startswith("bench")]

@@ -283,7 +283,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
-        summary = self.summary(pipe_id=str(self.pipe_id), **report.summary())
+        summary = self.summary(pipe_id=str(self.pipe_id), **report.summary(), parallel=workers)
         self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary
