@@ -271,7 +271,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows, count = counted_rows(self.rows)
         # one lookup per row, a create or an update for most, a move for some
         estimate = count * (2 + (1 if target is not None else 0))
-        workers = upsert_workers(hook.limiter, self.max_workers)
+        workers = min(upsert_workers(hook.limiter, self.max_workers), max(1, count))
         self.log.info("Upserting %d rows into pipe %s keyed by %r, %d at a time: at most about %d API calls; "
                       "rate limit: %s", count, self.pipe_id, key["label"], workers, estimate,
                       describe_limits(hook.limiter))
