@@ -55,10 +55,14 @@ class Progress:
         self._lock = threading.Lock()
 
     def add(self, n: int = 1) -> None:
-        with self._lock:  # rows of an upsert are counted from several threads
-            self.count += n
-            now = time.monotonic()
-            quarter = 4 * self.count // self.total if self.total and self.count < self.total else 0
+        # called once per record: callers count from one thread at a time (an export's writer; the
+        # upsert loop under its own lock), so the lock is taken only to log
+        self.count += n
+        now = time.monotonic()
+        quarter = 4 * self.count // self.total if self.total and self.count < self.total else 0
+        if now < self._next and quarter <= self._quarter:
+            return
+        with self._lock:
             if now >= self._next or quarter > self._quarter:
                 self._next = now + self.every
                 self._quarter = max(self._quarter, quarter)

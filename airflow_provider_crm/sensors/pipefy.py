@@ -49,6 +49,7 @@ class PipefyCardPhaseSensor(CrmSensor):
         self.target_phases = target_phases if isinstance(target_phases, list) else [target_phases]
         self.failure_phases = failure_phases or []
         self.pipefy_conn_id = pipefy_conn_id
+        self._phases: tuple[list[str], list[str]] | None = None  # target and failure phase ids, once read
 
     @cached_property
     def hook(self) -> PipefyHook:
@@ -83,12 +84,12 @@ class PipefyCardPhaseSensor(CrmSensor):
 
     def check(self, context: Any) -> dict[str, Any] | None:
         card = self._card()
-        targets, failures = self._phase_ids(card)
+        self._phases = self._phase_ids(card)  # the trigger reuses them: no second read of the card
         self.log.info("Card %s is in phase %r", self.card_id, card["current_phase"]["name"])
-        return self._check(card, targets, failures)
+        return self._check(card, *self._phases)
 
     def trigger(self, context: Any) -> PipefyCardPhaseTrigger:
-        targets, failures = self._phase_ids(self._card())
+        targets, failures = self._phases if self._phases is not None else self._phase_ids(self._card())
         self.log.info("Deferring until card %s reaches %s", self.card_id, self.target_phases)
         return PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id,
                                       **self.trigger_timing())
