@@ -38,6 +38,7 @@ def as_path(path: ObjectStoragePath | str) -> ObjectStoragePath:
 
 def _csv_cell(value: Any) -> Any:
     """CSV holds text: nested values are written as JSON so nothing is lost."""
+    value = jsoncodec.decoded(value)  # a value an export passed through undecoded
     if value is None:
         return ""
     if isinstance(value, (dict, list, tuple)):

@@ -38,6 +38,7 @@ class Envelope(msgspec.Struct):
 _decoder = msgspec.json.Decoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _items_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
+_shallow_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder(enc_hook=_encode_other)
 
 
@@ -58,6 +59,35 @@ def iter_items(data: bytes | msgspec.Raw) -> Iterator[Any]:
     arrived; item by item, other threads get their turn between records. (``null`` yields nothing.)"""
     for item in _items_decoder.decode(data) or ():
         yield _decoder.decode(item)
+
+
+def iter_shallow_items(data: bytes | msgspec.Raw, decoded: frozenset[str]) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON array with only the ``decoded`` keys' values decoded; every other value
+    stays :class:`msgspec.Raw` (its JSON text), which :func:`dumps` writes back as it came.
+
+    For records that are passed through (exports): a record's nested values are most of its decoding
+    cost and most of the objects it allocates, and the export only rewrites them. Use :func:`loads`
+    on a raw value to read it."""
+    for item in _items_decoder.decode(data) or ():
+        record = _shallow_decoder.decode(item)
+        for key in decoded & record.keys():
+            record[key] = _decoder.decode(record[key])
+        yield record
+
+
+def shallow_object(value: Any) -> Any:
+    """A JSON object kept raw, as a dict of its keys to raw values (anything else decoded)."""
+    if isinstance(value, msgspec.Raw):
+        try:
+            return _shallow_decoder.decode(value)
+        except msgspec.ValidationError:  # valid JSON, not an object (null)
+            return _decoder.decode(value)
+    return value
+
+
+def decoded(value: Any) -> Any:
+    """``value`` decoded if it is raw JSON text, else as it is."""
+    return _decoder.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
 def dumps(value: Any) -> bytes:

@@ -274,7 +274,7 @@ class PipedriveExportOperator(_PipedriveOperator):
                              "then will not be exported by any run; schedule exports after their interval", end)
         limiter = self.hook.limiter
         reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
-                             include_deleted=self.include_deleted, slices=self.slices or 1)
+                             include_deleted=self.include_deleted, slices=self.slices or 1, shallow=True)
         if not window.empty and self.slices is None:
             # as many requests in flight as the plan's rate needs at the latency just measured
             start, reader.slices = reader.plan(start, end, lambda latency: limiter.in_flight(latency, MAX_SLICES))

@@ -55,9 +55,10 @@ class PipedriveApi:
 
     # -- lists (read page by page by the client) -------------------------------------------------
     @staticmethod
-    def records_pages(entity: str, *, archived: bool = False, **filters: Any) -> Pages:
+    def records_pages(entity: str, *, archived: bool = False, shallow: frozenset[str] | None = None,
+                      **filters: Any) -> Pages:
         """Every record of ``entity`` matching ``filters`` (checked against the entity registry).
-        ``archived=True`` reads the separate list of archived records (deals)."""
+        ``archived=True`` reads the separate list of archived records (deals); ``shallow``: see :class:`Pages`."""
         info = entity_info(entity)
         unknown = set(filters) - info.filters - {"limit"}
         if unknown:
@@ -66,7 +67,7 @@ class PipedriveApi:
             raise CrmInputError(f"{entity} have no archived list; only {[e for e in ENTITIES if ENTITIES[e].archived]}")
         params = {k: v for k, v in filters.items() if v is not None}
         path = f"{info.path}/archived" if archived else info.path
-        return Pages(info.version, path, params, style=info.pagination)
+        return Pages(info.version, path, params, style=info.pagination, shallow=shallow)
 
     @staticmethod
     def mail_pages(folder: str = "inbox") -> Pages:
@@ -206,7 +207,8 @@ class PipedriveClient(PipedriveApi):
 
         check = pages.check()
         for answer in read_ahead(fetch, pages.first(), lambda params, page: pages.following(params, page.additional_data)):
-            items = jsoncodec.iter_items(answer.data)
+            items = (jsoncodec.iter_items(answer.data) if pages.shallow is None
+                     else jsoncodec.iter_shallow_items(answer.data, pages.shallow))
             yield from check.page(items) if check else items
 
     def paginate(self, version: str, path: str, params: dict[str, Any] | None = None, page_size: int = MAX_PAGE,
@@ -214,8 +216,9 @@ class PipedriveClient(PipedriveApi):
         """Yield the items of a list endpoint (see :class:`Pages`)."""
         return self.pages(Pages(version, path, params, page_size, style))
 
-    def iter_records(self, entity: str, *, archived: bool = False, **filters: Any) -> Iterator[dict[str, Any]]:
-        return self.pages(self.records_pages(entity, archived=archived, **filters))
+    def iter_records(self, entity: str, *, archived: bool = False, shallow: frozenset[str] | None = None,
+                     **filters: Any) -> Iterator[dict[str, Any]]:
+        return self.pages(self.records_pages(entity, archived=archived, shallow=shallow, **filters))
 
     def iter_mail_threads(self, folder: str = "inbox") -> Iterator[dict[str, Any]]:
         return self.pages(self.mail_pages(folder))

@@ -18,6 +18,10 @@ from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.fanin import merge_parallel
 
 
+# what RangeReader, unique_ids and mark() read of a record; with ``shallow`` the rest is left undecoded
+SHALLOW_KEYS = frozenset({"id", "update_time", "is_deleted", "is_archived", "status"})
+
+
 class RangeReader:
     """The records of one entity updated in a range, read in ``slices`` parallel parts.
 
@@ -26,11 +30,16 @@ class RangeReader:
     :param include_archived: add the archived list (deals).
     :param include_deleted: add deleted records (deals, ``status=deleted``).
     :param slices: parallel time slices (rebalanced as they run where the API filters by ``updated_until``).
+    :param shallow: decode only :data:`SHALLOW_KEYS` of each record and leave its other values as raw
+        JSON text (``msgspec.Raw``) for a writer to pass through.
     """
 
     def __init__(self, client: PipedriveClient, entity: str, *, include_archived: bool = False,
-                 include_deleted: bool = False, slices: int = 1) -> None:
+                 include_deleted: bool = False, slices: int = 1, shallow: bool = False) -> None:
         self.client = client
+        # shallow: records come with only what the reader and mark() look at decoded; the rest stays JSON
+        # text that the export writes back as it came (a third of the CPU a 500-record page costs)
+        self.shallow = SHALLOW_KEYS if shallow else None
         self.entity = entity
         self.include_archived = include_archived
         self.include_deleted = include_deleted
@@ -117,11 +126,13 @@ class RangeReader:
         yield from records
 
     def _fetch(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
-        yield from self.client.iter_records(self.entity, **self.filters(start, end))
+        yield from self.client.iter_records(self.entity, shallow=self.shallow, **self.filters(start, end))
         if self.include_archived:
-            yield from self.client.iter_records(self.entity, archived=True, **self.filters(start, end))
+            yield from self.client.iter_records(self.entity, archived=True, shallow=self.shallow,
+                                                **self.filters(start, end))
         if self.include_deleted:
-            yield from self.client.iter_records(self.entity, **self.filters(start, end, "deleted"))
+            yield from self.client.iter_records(self.entity, shallow=self.shallow,
+                                                **self.filters(start, end, "deleted"))
 
     def records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
         """Every record updated in ``[start, end)`` (None: unbounded), each once."""
@@ -150,7 +161,7 @@ class RangeReader:
 
         def fetch(kind: str, a: int, b: int) -> Iterator[dict[str, Any]]:
             filters = self.filters(from_epoch(a), from_epoch(b), "deleted" if kind == "deleted" else None)
-            return self.client.iter_records(self.entity, archived=kind == "archived", **filters)
+            return self.client.iter_records(self.entity, archived=kind == "archived", shallow=self.shallow, **filters)
 
         yield from fetch_balanced(fetch, update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
                                   stats=self.stats)

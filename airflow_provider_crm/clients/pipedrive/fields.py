@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_crm.clients.pipedrive.entities import CUSTOM_FIELDS_IN_V2, STANDARD_FIELDS
+from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.errors import CrmInputError
 
 
@@ -103,13 +104,14 @@ class FieldMap:
     def rename_record(self, record: dict[str, Any], labels: bool = True) -> dict[str, Any]:
         """Custom fields under their names (v2 ``custom_fields`` or v1 top-level hash keys)."""
         out = dict(record)
-        values: dict[str, Any] = out.pop("custom_fields", None) or {}
+        # values may be raw JSON text (exports read records shallowly): only labelled ones are decoded
+        values: dict[str, Any] = jsoncodec.shallow_object(out.pop("custom_fields", None)) or {}
         top_level = self._names.keys() & out.keys()  # v1 answers put custom fields beside the standard ones
         if top_level:
             values = {**values, **{key: out.pop(key) for key in top_level}}
-        names, decode = self._names, self.decode
+        names, decode, labelled = self._names, self.decode, self._labels
         for key, value in values.items():
-            out[names.get(key, key)] = decode(key, value) if labels else value
+            out[names.get(key, key)] = decode(key, jsoncodec.decoded(value)) if labels and key in labelled else value
         return out
 
 
