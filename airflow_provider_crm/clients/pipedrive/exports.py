@@ -17,7 +17,6 @@ from airflow_provider_crm.clients.pipedrive.fields import FieldMap
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
 from airflow_provider_crm.common.fanin import merge_parallel
 
-
 # what RangeReader, unique_ids and mark() read of a record; with ``shallow`` the rest is left undecoded
 SHALLOW_KEYS = frozenset({"id", "update_time", "is_deleted", "is_archived", "status"})
 

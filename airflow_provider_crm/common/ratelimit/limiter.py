@@ -258,6 +258,18 @@ class RateLimiter:
     def quota_status(self) -> dict[str, Any]:
         return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
+    def _frees_before(self, seconds: float, kind: str) -> bool:
+        """Whether every window ``kind`` uses would take a request sooner than ``seconds`` from now."""
+        now_ms = int(time.time() * 1000)
+        try:
+            with self._bucket_lock:
+                waits = [cast(int, self._buckets[w.name].waiting(RateItem(w.name, now_ms, 1)) or 0)
+                         for w in self.windows if kind in w.kinds]
+        except Exception:  # a store that cannot tell: the safe side
+            log.debug("%s rate limit: window state unknown", self.service, exc_info=True)
+            return True
+        return all(wait / 1000.0 < seconds for wait in waits)
+
     # -- windows --------------------------------------------------------------------------------------
     def _try_windows(self, kind: str) -> tuple[float, str]:
         """Take a slot in every window this kind uses; return (0, "") or (seconds to wait, reason)."""
@@ -358,11 +370,13 @@ class RateLimiter:
             self.block(reset or self.block_seconds, f"HTTP 429 from {self.service}")
             return
         remaining = signals.remaining
-        if remaining is not None and remaining < 1 and reset:
-            # The server's window is full although ours keeps 5 % free: another client spends this
-            # token too. Pause everyone until it resets (a reset is relative seconds, not an epoch).
-            # At 1 left it is our own full window (19 of 20): pausing there cost a fifth of a 20-per-2-s
-            # plan's throughput, measured.
+        # reset comes in whole seconds (rounded up): the server's window may free up to 1 s sooner
+        if remaining is not None and remaining < 1 and reset and self._frees_before(reset - 1.0, kind):
+            # The server's window is full and ours would let a request go before the server's resets:
+            # another client spends this token too. Pause everyone until it resets (a reset is
+            # relative seconds, not an epoch). When our own window is as full (a plan used whole),
+            # the limiter already waits at least as long; pausing on top cost a fifth of a
+            # 20-per-2-s plan's throughput, measured.
             self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
         for allowance in self.allowances:
             left = signals.left.get(allowance.name)

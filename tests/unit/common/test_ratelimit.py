@@ -31,13 +31,13 @@ def windows(limiter):
 
 @pytest.mark.parametrize(
     ("plan", "auth", "burst"),
-    [("lite", "token", 19), ("essential", "token", 19), ("growth", "oauth", 152), ("professional", "token", 95),
-     ("ultimate", "oauth", 456)],
+    [("lite", "token", 20), ("essential", "token", 20), ("growth", "oauth", 160), ("professional", "token", 100),
+     ("ultimate", "oauth", 480)],
 )
-def test_pipedrive_burst_by_plan_and_auth_type_with_safety_margin(plan, auth, burst):
+def test_pipedrive_burst_by_plan_and_auth_type_used_whole(plan, auth, burst):
     limiter = build_limiter(pipedrive_policy(plan, auth_type=auth), f"t-{plan}-{auth}", store="memory")
     assert windows(limiter)["burst"] == (burst, 2)
-    assert windows(limiter)["search"] == (9, 2)
+    assert windows(limiter)["search"] == (10, 2)
 
 
 def test_pipedrive_daily_budget_from_plan_and_seats():
@@ -131,7 +131,7 @@ def test_headers_remaining_zero_pauses_for_the_relative_reset():
     limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
     with pytest.raises(CrmWaitTooLongError, match=r"paused: .*x-ratelimit-remaining 0; no request was refused"):
         limiter.before_request()
-    # one left is our own window at its 95 % (19 of 20): no pause, the limiter already paces us
+    # one left: no pause, the limiter already paces us within the window
     nearly = build_limiter(pipedrive_policy("ultimate"), "t-hdr1", store="memory", max_wait=0.5)
     nearly.after_response(200, {"x-ratelimit-remaining": "1", "x-ratelimit-reset": "2"})
     nearly.before_request()
