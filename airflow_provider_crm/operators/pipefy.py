@@ -243,7 +243,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     :param max_workers: most rows written at once (never two with the same key). Default: enough to
         keep the plan's request window busy, at most 32; the rate limiter holds the rate either way.
     :param lookup: how a row's card is found. ``search``: one findCards per row (always current).
-        ``index``: the pipe's cards read once (50 a page) and matched in memory as findCards matches;
+        ``index``: the pipe's cards read once (50 a page by default), matched in memory as findCards does;
         cards others create meanwhile are not seen. ``auto`` (default): ``index`` when reading the pipe
         takes fewer requests than one findCards per row and the key is a text field, else ``search``.
     :param pipefy_conn_id: the Pipefy connection.
