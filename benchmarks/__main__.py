@@ -149,6 +149,10 @@ def scenarios(full_size: bool) -> list[Scenario]:
         return lambda recs: plan_ceiling(recs, max(1, int(-(-recs // page) * requests_per_record)), PIPEFY_PER_30S,
                                          30.0)
 
+    def pf_write_plan(existing: int) -> Any:
+        # one write per new row, and the pipe's existing cards read once (50 a page: lookup="index")
+        return lambda recs: plan_ceiling(recs, recs + -(-existing // 50), PIPEFY_PER_30S, 30.0)
+
     def pd_write_plan(existing: int) -> Any:
         # one write per new row, and the existing records listed once (500 a call)
         return lambda recs: plan_ceiling(recs, recs + -(-existing // 500), PIPEDRIVE_BURST["ultimate"][0], 2.0)
@@ -176,7 +180,7 @@ def scenarios(full_size: bool) -> list[Scenario]:
         "pipefy upsert 1,000 rows (default arguments)", "pipefy_upsert", ["--cards-per-phase", "5"],
         {"rows": 1000, "defaults": True},
         lambda n, recs, lat: Ceiling(n, recs / max(n, 1), PIPEFY_PER_30S, 30.0, 1, lat),
-        pf_plan(2), latency_ms=400.0))
+        pf_write_plan(6 * 5), latency_ms=400.0))  # --cards-per-phase 5 seeds 5 cards in each of pipe 302's 6 phases
 
     pf_upsert_rows = 2000 if full_size else 300
     pd_upsert_rows = 5000 if full_size else 300

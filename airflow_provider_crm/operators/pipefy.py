@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.clients.pipefy import rows as export_rows
+from airflow_provider_crm.clients.pipefy.lookup import check_lookup, plan_lookup
 from airflow_provider_crm.clients.pipefy.pagination import pages_for
 from airflow_provider_crm.clients.pipefy.upsert import PipefyUpsertSteps
 from airflow_provider_crm.clients.pipefy.writes import create_card_keyed, create_record_keyed
@@ -241,6 +242,10 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     :param max_failure_ratio: fail the task when more than this fraction of rows failed (0: any failure).
     :param max_workers: most rows written at once (never two with the same key). Default: enough to
         keep the plan's request window busy, at most 32; the rate limiter holds the rate either way.
+    :param lookup: how a row's card is found. ``search``: one findCards per row (always current).
+        ``index``: the pipe's cards read once (50 a page by default), matched in memory as findCards does;
+        cards others create meanwhile are not seen. ``auto`` (default): ``index`` when reading the pipe
+        takes fewer requests than one findCards per row and the key is a text field, else ``search``.
     :param pipefy_conn_id: the Pipefy connection.
     """
 
@@ -250,17 +255,12 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
     def __init__(self, *, pipe_id: str | int, rows: Any, key_field: str, field_map: dict[str, str] | None = None,
                  title_column: str | None = None, phase: str | int | None = None,
                  rejects_path: str | ObjectStoragePath | None = None, max_failure_ratio: float = 0.0,
-                 max_workers: int | None = None, **kwargs: Any) -> None:
+                 max_workers: int | None = None, lookup: str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.max_workers = max_workers
-        self.pipe_id = pipe_id
-        self.rows = rows
-        self.key_field = key_field
-        self.field_map = field_map or {}
-        self.title_column = title_column
-        self.phase = phase
-        self.rejects_path = rejects_path
-        self.max_failure_ratio = max_failure_ratio
+        self.max_workers, self.lookup = max_workers, check_lookup(lookup)
+        self.pipe_id, self.rows, self.key_field, self.field_map = pipe_id, rows, key_field, field_map or {}
+        self.title_column, self.phase = title_column, phase
+        self.rejects_path, self.max_failure_ratio = rejects_path, max_failure_ratio
 
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
@@ -269,21 +269,22 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         target = hook.resolve_phase(self.pipe_id, self.phase) if self.phase is not None else None
         key_column = next((c for c, f in self.field_map.items() if f == self.key_field), self.key_field)
         rows, count = counted_rows(self.rows)
-        # one lookup per row, a create or an update for most, a move for some
-        estimate = count * (2 + (1 if target is not None else 0))
+        plan = plan_lookup(hook.client, self.pipe_id, key, self.lookup, count)
+        estimate = plan.requests + count * (2 if target is not None else 1)  # finding, a write a row, moves
         workers = min(upsert_workers(hook.limiter, self.max_workers), max(1, count))
-        self.log.info("Upserting %d rows into pipe %s keyed by %r, %d at a time: at most about %d API calls; "
-                      "rate limit: %s", count, self.pipe_id, key["label"], workers, estimate,
+        self.log.info("Upserting %d rows into pipe %s keyed by %r, %d at a time, %s: at most about %d API calls; "
+                      "rate limit: %s", count, self.pipe_id, key["label"], workers, plan.describe(), estimate,
                       describe_limits(hook.limiter))
         hook.limiter.check_quota(estimate)
+        index = plan.read_index(hook.client, self.pipe_id, key)
         report = UpsertReport(self.rejects_path, task_label=f"upsert into pipe {self.pipe_id}")
         progress = Progress(self.log, "rows", total=count, stats=hook.limiter.stats, detail=report.describe)
         steps = PipefyUpsertSteps(hook.client, self.pipe_id, key, key_column, meta, target,
-                                  field_map=self.field_map, title_column=self.title_column)
+                                  field_map=self.field_map, title_column=self.title_column, index=index)
         run_upsert(rows, steps, report, progress, workers=workers)
         progress.done(report.describe())
         push_link(context, PipefyPipeLink.xcom_key, hook.pipe_url(self.pipe_id))
-        summary = self.summary(pipe_id=str(self.pipe_id), **report.summary(), parallel=workers)
+        summary = self.summary(pipe_id=str(self.pipe_id), **report.summary(), parallel=workers, lookup=plan.lookup)
         self.log.info("Summary:\n%s", summary_table(summary))
         report.check_threshold(self.max_failure_ratio)
         return summary

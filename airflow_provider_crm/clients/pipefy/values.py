@@ -3,6 +3,7 @@ machine values, field lookup by id or label, and card or record fields flattened
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -14,6 +15,8 @@ _TEXT_TYPES = {"short_text", "long_text", "email", "phone", "select", "radio_ver
                "cnpj", "statement", "id"}
 _LIST_TYPES = {"checklist_vertical", "checklist_horizontal", "assignee_select", "label_select", "connector",
                "attachment"}
+# types whose read ``value`` is the text written: a findCards match on them is plain exact text
+TEXT_TYPES = frozenset(_TEXT_TYPES)
 _CHOICE_TYPES = {"select", "radio_vertical", "radio_horizontal"}
 
 # How date fields are written (the connection's ``date_format``). No public source confirms ISO dates in
@@ -141,6 +144,17 @@ def machine_value(item: dict[str, Any]) -> Any:
             if item.get(key) is not None:
                 return item[key]
     return item.get("value")
+
+
+def written_item(field: dict[str, Any], value: Any) -> dict[str, Any]:
+    """A card field as a write of ``value`` (in write format) leaves it, shaped as a read one is: what an
+    upsert's index keeps for a card it created or updated, so a later row compares against it."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
+    item = {"field": {"id": field["id"], "label": field.get("label"), "type": field.get("type")}, "value": text}
+    key = _MACHINE_KEYS.get(str(field.get("type")))
+    if key is not None:
+        item[key] = value
+    return item
 
 
 def same_value(field: dict[str, Any], have: Any, wanted: Any) -> bool:
