@@ -14,6 +14,7 @@ counters in the same store. Keys are a digest of the token, never the token.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import math
@@ -118,6 +119,8 @@ class RateLimiter:
             for w in self.windows
         }
         self._bucket_lock = threading.Lock()
+        # this process's own latest claims per window: whether a full server window is ours alone
+        self._own_claims = {w.name: collections.deque[float](maxlen=max(1, w.limit)) for w in self.windows}
 
     def in_flight(self, latency_s: float, cap: int, kind: str = "read", headroom: float = 4.0) -> int:
         """How many requests of ``kind`` to keep in flight so that the plan's window, not the latency,
@@ -259,16 +262,19 @@ class RateLimiter:
         return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
     def _frees_before(self, seconds: float, kind: str) -> bool:
-        """Whether every window ``kind`` uses would take a request sooner than ``seconds`` from now."""
-        now_ms = int(time.time() * 1000)
-        try:
-            with self._bucket_lock:
-                waits = [cast(int, self._buckets[w.name].waiting(RateItem(w.name, now_ms, 1)) or 0)
-                         for w in self.windows if kind in w.kinds]
-        except Exception:  # a store that cannot tell: the safe side
-            log.debug("%s rate limit: window state unknown", self.service, exc_info=True)
-            return True
-        return all(wait / 1000.0 < seconds for wait in waits)
+        """Whether a window ``kind`` uses could let a request go sooner than ``seconds`` from now, by
+        this process's own claims (a window not full of them counts as free now)."""
+        now = time.time()
+        with self._bucket_lock:
+            for window in self.windows:
+                claims = self._own_claims[window.name]
+                if kind not in window.kinds:
+                    continue
+                # claims of other processes on the store are not seen here: they count as another
+                # client's, which errs on the safe side (a pause)
+                if len(claims) < window.limit or claims[0] + window.seconds + ARRIVAL_GUARD_S - now < seconds:
+                    return True
+        return False
 
     # -- windows --------------------------------------------------------------------------------------
     def _try_windows(self, kind: str) -> tuple[float, str]:
@@ -297,6 +303,7 @@ class RateLimiter:
                     self.late_claims += 1
                     log.debug("%s rate limit: claim committed %.0f ms late, claiming again", self.service, late * 1000)
                 if decision.allowed:  # type: ignore[union-attr]
+                    self._own_claims[window.name].append(claimed)
                     continue
                 wait_ms = decision.retry_after_ms  # type: ignore[union-attr]
                 if wait_ms is None:
