@@ -246,3 +246,30 @@ def test_a_refused_token_names_the_connection_and_never_the_token(connections, m
     with pytest.raises(CrmAuthError) as caught:
         PipedriveHook("pipedrive_bad").get("deals", 1)
     assert "connection 'pipedrive_bad'" in str(caught.value) and "8f3a" not in str(caught.value)
+
+
+@pytest.mark.parametrize("entity", ["deals", "persons"])
+def test_export_writes_every_value_as_the_api_gave_it(connections, context, sandbox, tmp_path, entity):
+    """Exports read records shallowly (nested values pass through as raw JSON): each exported line must
+    equal the record read in full through the hook, custom fields under their names and option ids as
+    labels, and a CSV with chosen columns holds nested values as JSON text."""
+    common = {"entity": entity, "full": True, "settle_seconds": 0}
+    PipedriveExportOperator(task_id="j", path=str(tmp_path / "e.jsonl"), **common).execute(context())
+    hook = PipedriveHook()
+    fmap = hook.client.field_map(entity)
+    expected = {r["id"]: fmap.rename_record(r) for r in hook.iter_records(entity)}
+    lines = {d["id"]: d for d in map(json.loads, (tmp_path / "e.jsonl").read_text().splitlines())}
+    assert lines == expected and len(lines) > 10
+    # a nested value and an option label, so the comparison covers both
+    assert any(isinstance(v, (dict, list)) and v for d in lines.values() for v in d.values())
+    labelled = [d["name"] for d in fmap.definitions if d.get("options") and d.get("key") in fmap.by_key]
+    assert any(isinstance(d.get(name), str) for d in lines.values() for name in labelled)
+    nested = next(k for d in lines.values() for k, v in d.items() if isinstance(v, dict) and v)
+    PipedriveExportOperator(task_id="c", path=str(tmp_path / "e.csv"), fmt="csv", fieldnames=["id", nested],
+                            **common).execute(context())
+    with (tmp_path / "e.csv").open(newline="") as handle:
+        rows = {int(r["id"]): r for r in csv.DictReader(handle)}
+    for record_id, line in lines.items():
+        value = line.get(nested)
+        assert rows[record_id][nested] == ("" if value is None else json.dumps(value, separators=(",", ":"),
+                                                                                ensure_ascii=False))
