@@ -31,13 +31,13 @@ def windows(limiter):
 
 @pytest.mark.parametrize(
     ("plan", "auth", "burst"),
-    [("lite", "token", 20), ("essential", "token", 20), ("growth", "oauth", 160), ("professional", "token", 100),
-     ("ultimate", "oauth", 480)],
+    [("lite", "token", 19), ("essential", "token", 19), ("growth", "oauth", 152), ("professional", "token", 95),
+     ("ultimate", "oauth", 456)],
 )
-def test_pipedrive_burst_by_plan_and_auth_type_used_whole(plan, auth, burst):
+def test_pipedrive_burst_by_plan_and_auth_type_with_safety_margin(plan, auth, burst):
     limiter = build_limiter(pipedrive_policy(plan, auth_type=auth), f"t-{plan}-{auth}", store="memory")
     assert windows(limiter)["burst"] == (burst, 2)
-    assert windows(limiter)["search"] == (10, 2)
+    assert windows(limiter)["search"] == (9, 2)
 
 
 def test_pipedrive_daily_budget_from_plan_and_seats():
@@ -143,17 +143,17 @@ def test_headers_remaining_zero_pauses_for_the_relative_reset():
 
 
 def test_remaining_zero_from_our_own_full_window_adds_no_pause():
-    # a plan used whole: the server's window is full of our own requests, and our window already
+    # a window used whole (safety 1.0): the server's window is full of our own requests, and our window already
     # holds the next request back at least as long as the server's reset; pausing on top would cost
     # a whole window every window
-    limiter = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}), "t-own", store="memory",
+    limiter = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}, safety=1.0), "t-own", store="memory",
                             max_wait=5)
     for _ in range(3):
         limiter.before_request()
     limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
     assert limiter._blocked_for() == 0
     # the same answer with our window empty: another client filled the server's window, so pause
-    other = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}), "t-other", store="memory",
+    other = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}, safety=1.0), "t-other", store="memory",
                           max_wait=5)
     other.before_request()
     other.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
