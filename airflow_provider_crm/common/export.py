@@ -90,6 +90,19 @@ class ExportWriter:
             self._csv_row(record)
         self.count += 1
 
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """:meth:`write` each of ``records``; JSON Lines in one step."""
+        if self.fmt != "jsonl" or self._spool is not None:
+            for record in records:
+                self.write(record)
+            return
+        lines = [jsoncodec.dumps(record) for record in records]
+        self._pending.extend(lines)
+        self._pending_size += sum(map(len, lines)) + len(lines)
+        self.count += len(lines)
+        if self._pending_size > 262_144:
+            self._flush_lines()
+
     def _start_csv(self) -> csv.DictWriter:
         if self._csv is None:
             self._text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")

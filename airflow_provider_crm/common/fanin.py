@@ -5,13 +5,33 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-def drain_batches(out: queue.Queue[Any], done: object, producers: int, stop: threading.Event) -> Iterator[Any]:
-    """Yield the items of every batch put on ``out`` until each of ``producers`` has put ``done``.
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last one shorter). If ``items`` fails, the items before the
+    error come first, as a shorter list, then the error."""
+    batch: list[Any] = []
+    try:
+        for item in items:
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except Exception:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def drain_batches(out: queue.Queue[Any], done: object, producers: int, stop: threading.Event,
+                  flatten: bool = True) -> Iterator[Any]:
+    """Yield the items of every batch put on ``out`` (the batches themselves unless ``flatten``) until
+    each of ``producers`` has put ``done``.
 
     :param out: the queue the producers put batches (lists), errors and ``done`` on.
     :param done: the marker a producer puts last, once, whatever happened.
@@ -29,8 +49,10 @@ def drain_batches(out: queue.Queue[Any], done: object, producers: int, stop: thr
                 remaining -= 1
             elif isinstance(item, BaseException):
                 raise item
-            else:
+            elif flatten:
                 yield from item
+            else:
+                yield item
     finally:
         stop.set()
         while remaining:

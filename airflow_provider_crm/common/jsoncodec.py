@@ -39,6 +39,7 @@ _decoder = msgspec.json.Decoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _items_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
 _shallow_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_shallow_list_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]] | None)
 _encoder = msgspec.json.Encoder(enc_hook=_encode_other)
 
 
@@ -61,18 +62,20 @@ def iter_items(data: bytes | msgspec.Raw) -> Iterator[Any]:
         yield _decoder.decode(item)
 
 
-def iter_shallow_items(data: bytes | msgspec.Raw, decoded: frozenset[str]) -> Iterator[dict[str, Any]]:
+def shallow_items(data: bytes | msgspec.Raw, decoded: frozenset[str]) -> list[dict[str, Any]]:
     """The objects of a JSON array with only the ``decoded`` keys' values decoded; every other value
     stays :class:`msgspec.Raw` (its JSON text), which :func:`dumps` writes back as it came.
 
     For records that are passed through (exports): a record's nested values are most of its decoding
     cost and most of the objects it allocates, and the export only rewrites them. Use :func:`loads`
-    on a raw value to read it."""
-    for item in _items_decoder.decode(data) or ():
-        record = _shallow_decoder.decode(item)
-        for key in decoded & record.keys():
-            record[key] = _decoder.decode(record[key])
-        yield record
+    on a raw value to read it. (``null`` gives an empty list.)"""
+    records = _shallow_list_decoder.decode(data) or []
+    for record in records:
+        for key in decoded:
+            value = record.get(key)
+            if value is not None:
+                record[key] = _decoder.decode(value)
+    return records
 
 
 def shallow_object(value: Any) -> Any:

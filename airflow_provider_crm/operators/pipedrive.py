@@ -293,12 +293,15 @@ class PipedriveExportOperator(_PipedriveOperator):
                                        self.include_archived)
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
                                 owner=task_label(self, context)) as writer, reader:
-            for record in reader.records(start, end) if not window.empty else ():
-                record, counted = mark(record, reader.field_map(), labels=self.option_labels, archived_too=self.include_archived)
-                if counted != "records":
-                    counts[counted] += 1
-                writer.write(record)
-                progress.add()
+            for page in reader.pages(start, end) if not window.empty else ():
+                fmap, marked = reader.field_map(), []
+                for record in page:
+                    record, counted = mark(record, fmap, labels=self.option_labels, archived_too=self.include_archived)
+                    if counted != "records":
+                        counts[counted] += 1
+                    marked.append(record)
+                writer.write_many(marked)
+                progress.add(len(marked))
         counts["records"] = writer.count
         progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))

@@ -196,8 +196,13 @@ class PipedriveClient(PipedriveApi):
 
     def pages(self, pages: Pages) -> Iterator[dict[str, Any]]:
         """The items of a list, the next page requested while this one is consumed."""
+        for page in self.page_lists(pages):
+            yield from page
+
+    def page_lists(self, pages: Pages) -> Iterator[list[dict[str, Any]]]:
+        """The items of a list a page at a time, the next page requested while this one is consumed."""
         if pages.kind == "none":
-            yield from self.request("GET", pages.version, pages.path, params=pages.params or None).get("data") or []
+            yield list(self.request("GET", pages.version, pages.path, params=pages.params or None).get("data") or [])
             return
 
         def fetch(params: dict[str, Any]) -> jsoncodec.Envelope:
@@ -207,9 +212,9 @@ class PipedriveClient(PipedriveApi):
 
         check = pages.check()
         for answer in read_ahead(fetch, pages.first(), lambda params, page: pages.following(params, page.additional_data)):
-            items = (jsoncodec.iter_items(answer.data) if pages.shallow is None
-                     else jsoncodec.iter_shallow_items(answer.data, pages.shallow))
-            yield from check.page(items) if check else items
+            items = (list(jsoncodec.iter_items(answer.data)) if pages.shallow is None
+                     else jsoncodec.shallow_items(answer.data, pages.shallow))
+            yield list(check.page(items)) if check else items
 
     def paginate(self, version: str, path: str, params: dict[str, Any] | None = None, page_size: int = MAX_PAGE,
                  style: str | None = None) -> Iterator[dict[str, Any]]:
@@ -219,6 +224,11 @@ class PipedriveClient(PipedriveApi):
     def iter_records(self, entity: str, *, archived: bool = False, shallow: frozenset[str] | None = None,
                      **filters: Any) -> Iterator[dict[str, Any]]:
         return self.pages(self.records_pages(entity, archived=archived, shallow=shallow, **filters))
+
+    def iter_record_pages(self, entity: str, *, archived: bool = False, shallow: frozenset[str] | None = None,
+                          **filters: Any) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`iter_records` a page at a time."""
+        return self.page_lists(self.records_pages(entity, archived=archived, shallow=shallow, **filters))
 
     def iter_mail_threads(self, folder: str = "inbox") -> Iterator[dict[str, Any]]:
         return self.pages(self.mail_pages(folder))

@@ -14,8 +14,8 @@ from typing import Any
 from airflow_provider_crm.clients.pipedrive.client import PipedriveClient
 from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_info
 from airflow_provider_crm.clients.pipedrive.fields import FieldMap
-from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
-from airflow_provider_crm.common.fanin import merge_parallel
+from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced_pages
+from airflow_provider_crm.common.fanin import chunks, merge_parallel
 
 # what RangeReader, unique_ids and mark() read of a record; with ``shallow`` the rest is left undecoded
 SHALLOW_KEYS = frozenset({"id", "update_time", "is_deleted", "is_archived", "status"})
@@ -133,14 +133,21 @@ class RangeReader:
             yield from self.client.iter_records(self.entity, shallow=self.shallow,
                                                 **self.filters(start, end, "deleted"))
 
+    def pages(self, start: datetime | None, end: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`records` a page (a list) at a time: what exports write from."""
+        if self._balanced(start, end):
+            yield from self._balanced_pages(start, end)  # type: ignore[arg-type]
+        else:
+            yield from chunks(self.records(start, end), MAX_PAGE)
+
     def records(self, start: datetime | None, end: datetime | None) -> Iterator[dict[str, Any]]:
         """Every record updated in ``[start, end)`` (None: unbounded), each once."""
         if self.slices <= 1 or start is None or end is None:
             yield from self._slice_records(start, end)
             return
-        info = entity_info(self.entity)
-        if info.server_side_until and "sort_by" in info.filters:
-            yield from self._balanced_records(start, end)
+        if self._balanced(start, end):
+            for page in self._balanced_pages(start, end):
+                yield from page
             return
         step = (end - start) / self.slices
         bounds = [(start + step * i, start + step * (i + 1) if i < self.slices - 1 else end)
@@ -150,7 +157,14 @@ class RangeReader:
         sources = [lambda a=a, b=b: self._slice_records(a, b) for a, b in bounds if b > a]
         yield from merge_parallel(sources, self.slices, max_buffered=2000)
 
-    def _balanced_records(self, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
+    def _balanced(self, start: datetime | None, end: datetime | None) -> bool:
+        """Whether the range is read in rebalanced slices: several asked for, a bounded range, and an
+        API that filters by ``updated_until`` and sorts by update time."""
+        info = entity_info(self.entity)
+        return (self.slices > 1 and start is not None and end is not None and info.server_side_until
+                and "sort_by" in info.filters)
+
+    def _balanced_pages(self, start: datetime, end: datetime) -> Iterator[list[dict[str, Any]]]:
         """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py)."""
         kinds = self._kinds
         first, last = int(start.timestamp()), int(end.timestamp())
@@ -158,12 +172,13 @@ class RangeReader:
         cuts = [first + round(step * i) for i in range(self.slices)] + [last]
         slices = [Slice(kind, a, b) for kind in kinds for a, b in itertools.pairwise(cuts) if b > a]
 
-        def fetch(kind: str, a: int, b: int) -> Iterator[dict[str, Any]]:
+        def fetch(kind: str, a: int, b: int) -> Iterator[list[dict[str, Any]]]:
             filters = self.filters(from_epoch(a), from_epoch(b), "deleted" if kind == "deleted" else None)
-            return self.client.iter_records(self.entity, archived=kind == "archived", shallow=self.shallow, **filters)
+            return self.client.iter_record_pages(self.entity, archived=kind == "archived", shallow=self.shallow,
+                                                 **filters)
 
-        yield from fetch_balanced(fetch, update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
-                                  stats=self.stats)
+        yield from fetch_balanced_pages(fetch, update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
+                                        page_size=MAX_PAGE, stats=self.stats)
 
 
 def mark(record: dict[str, Any], fmap: FieldMap | None, *, labels: bool, archived_too: bool) -> tuple[dict[str, Any], str]:

@@ -32,7 +32,7 @@ class Pages:
     :param style: ``cursor`` (v2 default), ``offset`` (v1 default) or ``none`` for the few endpoints
         that answer with everything at once (``/v1/users``).
     :param shallow: if given, items are read shallowly: only these keys' values are decoded, the others
-        stay raw JSON text (:func:`~airflow_provider_crm.common.jsoncodec.iter_shallow_items`).
+        stay raw JSON text (:func:`~airflow_provider_crm.common.jsoncodec.shallow_items`).
     """
 
     version: str

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_crm.common.fanin import drain_batches
+from airflow_provider_crm.common.fanin import chunks, drain_batches
 
 Fetch = Callable[[Any, int, int], Iterator[dict[str, Any]]]
+FetchPages = Callable[[Any, int, int], Iterator[list[dict[str, Any]]]]
 
 
 @dataclass
@@ -89,17 +90,20 @@ class SliceScheduler:
         self.splits += 1
         return piece
 
-    def accept(self, piece: Slice, position: int | None) -> bool:
-        """Record that ``piece`` reached ``position``; False when that is past its (moved) end.
-
-        A record without a position (no update time) is taken and moves nothing."""
+    def accept_page(self, piece: Slice, positions: Sequence[int | None]) -> int:
+        """Record a page of ``piece`` whose records have these positions (ascending); return how many
+        of them, from the first, fall before its (moved) end. One lock per page, not per record."""
         with self._cond:
-            if position is not None:
-                if position >= piece.end:
-                    return False
-                piece.position = position if piece.position is None else max(piece.position, position)
-            piece.taken += 1
-            return True
+            kept = 0
+            for position in positions:
+                if position is not None:
+                    if position >= piece.end:
+                        break
+                    if piece.position is None or position > piece.position:
+                        piece.position = position
+                kept += 1
+            piece.taken += kept
+            return kept
 
     def progressed(self) -> None:
         """Wake idle workers: a running slice took more records, so it may now be worth splitting.
@@ -131,31 +135,47 @@ def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None
         (memory stays flat); they cross in batches of ``batch_size``.
     :param stats: if given, ``splits`` is set in it at the end.
     """
+    def fetch_pages(kind: Any, start: int, end: int) -> Iterator[list[dict[str, Any]]]:
+        return chunks(fetch(kind, start, end), batch_size)
+
+    for batch in fetch_balanced_pages(fetch_pages, position, slices, workers, min_split_records=min_split_records,
+                                      max_buffered=max_buffered, page_size=batch_size, stats=stats):
+        yield from batch
+
+
+def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, Any]], int | None],
+                         slices: Sequence[Slice], workers: int, *, min_split_records: int = 2000,
+                         max_buffered: int = 2000, page_size: int = 500,
+                         stats: dict[str, int] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """As :func:`fetch_balanced`, a page (a list of records) at a time: ``fetch_pages(kind, start, end)``
+    yields the pages of ``[start, end)`` and the pages are yielded as they come, cut at a slice's
+    moved end. Exports take this form: per record it costs no lock, queue or generator step.
+
+    :param page_size: about how many records a page holds (with ``max_buffered``, sizes the queue).
+    """
     scheduler = SliceScheduler(slices, min_split_records)
     done = object()
-    out: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_buffered // max(1, batch_size)))
+    out: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_buffered // max(1, page_size)))
     stop = threading.Event()
 
     def work() -> None:
         try:
             while (piece := scheduler.take(stop)) is not None:
-                batch: list[dict[str, Any]] = []
-                records = fetch(piece.kind, piece.start, piece.end)
+                pages = fetch_pages(piece.kind, piece.start, piece.end)
                 try:
-                    for record in records:
-                        if stop.is_set() or not scheduler.accept(piece, position(record)):
+                    for page in pages:
+                        if stop.is_set():
                             break
-                        batch.append(record)
-                        if len(batch) >= batch_size:
-                            scheduler.progressed()
-                            out.put(batch)
-                            batch = []
+                        kept = scheduler.accept_page(piece, [position(record) for record in page])
+                        if kept:
+                            out.put(page if kept == len(page) else page[:kept])
+                        if kept < len(page):
+                            break  # the slice was cut short: the rest belongs to the piece split off
+                        scheduler.progressed()
                 finally:
-                    close = getattr(records, "close", None)
+                    close = getattr(pages, "close", None)
                     if close is not None:
                         close()
-                    if batch:
-                        out.put(batch)
                     scheduler.finish(piece)
         except BaseException as err:
             out.put(err)
@@ -167,7 +187,7 @@ def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None
         for _ in range(workers):
             pool.submit(work)
         try:
-            yield from drain_batches(out, done, workers, stop)
+            yield from drain_batches(out, done, workers, stop, flatten=False)
         finally:
             if stats is not None:
                 stats["splits"] = scheduler.splits
