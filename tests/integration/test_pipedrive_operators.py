@@ -264,7 +264,7 @@ def test_export_writes_every_value_as_the_api_gave_it(connections, context, sand
     assert any(isinstance(v, (dict, list)) and v for d in lines.values() for v in d.values())
     labelled = [d["name"] for d in fmap.definitions if d.get("options") and d.get("key") in fmap.by_key]
     assert any(isinstance(d.get(name), str) for d in lines.values() for name in labelled)
-    nested = next(k for d in lines.values() for k, v in d.items() if isinstance(v, dict) and v)
+    nested = next(k for d in lines.values() for k, v in d.items() if isinstance(v, (dict, list)) and v)
     PipedriveExportOperator(task_id="c", path=str(tmp_path / "e.csv"), fmt="csv", fieldnames=["id", nested],
                             **common).execute(context())
     with (tmp_path / "e.csv").open(newline="") as handle:
