@@ -17,6 +17,8 @@ from airflow_provider_crm.clients.pipefy.values import TEXT_TYPES, machine_value
 from airflow_provider_crm.common.errors import CrmInputError
 
 LOOKUPS = ("auto", "search", "index")
+# auto indexes at most this many cards: the index holds them all in the task's memory (a few KB each)
+MAX_AUTO_INDEX_CARDS = 20_000
 _NUMBER_TYPES = ("number", "currency")
 _MACHINE = ("array_value", "date_value", "datetime_value", "float_value")
 
@@ -54,7 +56,8 @@ class LookupPlan:
 
 def choose_lookup(lookup: str, rows: int, cards: int, page_size: int, key_type: str | None) -> LookupPlan:
     """``search`` or ``index`` as asked; for ``auto``, the index when reading the whole pipe takes fewer
-    requests than one findCards per row (``ceil(cards / page_size) < rows``) and the key is a text field.
+    requests than one findCards per row (``ceil(cards / page_size) < rows``), the key is a text field
+    and the pipe holds at most :data:`MAX_AUTO_INDEX_CARDS` cards.
 
     Keys of other types (numbers, dates, lists) are searched under ``auto``: how Pipefy's findCards
     matches them is unconfirmed, and an index that misses a card findCards would find creates a duplicate.
@@ -64,6 +67,8 @@ def choose_lookup(lookup: str, rows: int, cards: int, page_size: int, key_type: 
         choice, reason = lookup, "as asked"
     elif (key_type or "short_text") not in TEXT_TYPES:
         choice, reason = "search", f"the key is a {key_type} field, whose findCards match is unconfirmed"
+    elif cards > MAX_AUTO_INDEX_CARDS:
+        choice, reason = "search", f"the pipe holds more than {MAX_AUTO_INDEX_CARDS:,} cards to keep in memory"
     elif pages < searches:
         choice, reason = "index", "reading the pipe takes fewer requests"
     else:

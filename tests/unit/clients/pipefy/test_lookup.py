@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from airflow_provider_crm.clients.pipefy.lookup import CardIndex, choose_lookup
+from airflow_provider_crm.clients.pipefy.lookup import MAX_AUTO_INDEX_CARDS, CardIndex, choose_lookup
 from airflow_provider_crm.common.errors import CrmInputError
 
 KEY = {"id": "key", "label": "Key", "type": "short_text"}
@@ -37,6 +37,14 @@ def test_auto_indexes_when_reading_the_pipe_takes_fewer_requests(rows, cards, pa
 def test_auto_searches_keys_whose_find_cards_match_is_unconfirmed(key_type):
     plan = choose_lookup("auto", 1000, 10, 50, key_type)
     assert plan.lookup == "search" and key_type in plan.reason
+
+
+def test_auto_does_not_hold_a_big_pipe_in_memory():
+    # 100,000 rows against 30,000 cards: 600 pages would be fewer requests, but not 30,000 cards in memory
+    plan = choose_lookup("auto", 100_000, MAX_AUTO_INDEX_CARDS + 1, 50, "short_text")
+    assert plan.lookup == "search" and "memory" in plan.reason
+    assert choose_lookup("auto", 100_000, MAX_AUTO_INDEX_CARDS, 50, "short_text").lookup == "index"
+    assert choose_lookup("index", 10, MAX_AUTO_INDEX_CARDS + 1, 50, "short_text").lookup == "index"
 
 
 @pytest.mark.parametrize("lookup", ["search", "index"])
