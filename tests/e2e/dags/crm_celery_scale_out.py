@@ -9,7 +9,8 @@ set once in the Airflow configuration; the connections name no store).
 - Pipedrive: three exports (deals in two slices, persons, activities) and two upserts of
   organizations keyed by name (one search per row, then a create or an update), on disjoint rows;
 - Pipefy: an export of pipe 301's cards, an export of table 401's records, two upserts of tickets
-  into pipe 302 keyed by their requester (a lookup and a create per row), on disjoint rows;
+  into pipe 302 keyed by their requester (``lookup="search"``: a findCards and a create per row), on
+  disjoint rows;
 - a deferrable sensor waiting for a card of pipe 301 to reach "Doing": the triggerer polls for it
   (the test moves the card once the task has deferred) and a worker resumes the task.
 
@@ -60,8 +61,10 @@ with DAG(
     PipefyExportTableRecordsOperator(task_id="pf_export_records", table_id="401", full=True,
                                      path=OUTPUT + "/pipefy/records_401.jsonl")
     for part in ("a", "b"):
+        # lookup="search": a findCards per row, so the DAG's Pipefy work needs more than one window
+        # (the default would read the small pipe once and stay within it)
         PipefyUpsertCardsOperator(task_id=f"pf_upsert_tickets_{part}", pipe_id="302", key_field="Requester",
-                                  title_column="title", rows=f"{INPUT}/tickets_{part}.jsonl",
+                                  lookup="search", title_column="title", rows=f"{INPUT}/tickets_{part}.jsonl",
                                   rejects_path=f"{OUTPUT}/pipefy/tickets_{part}.rejects.jsonl")
     PipefyCardPhaseSensor(task_id="pf_wait_for_doing", card_id="{{ dag_run.conf['card_id'] }}",
                           target_phases=["Doing"], deferrable=True, poke_interval=5, timeout=600)
