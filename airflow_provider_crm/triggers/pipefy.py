@@ -24,12 +24,18 @@ class PipefyCardPhaseTrigger(BaseTrigger):
     :param pipefy_conn_id: the Pipefy connection.
     :param poll_interval: seconds between polls.
     :param timeout: seconds from the trigger's start; None waits for ever.
+    :param first_poll_after: seconds before the first poll. The sensor passes its poke interval when it
+        has just read the card itself: an immediate second read would only repeat it, and a wait that
+        ends within a second or two of deferring can reach Airflow's scheduler before it has handled
+        the deferral, which then marks the resumed task failed ("state changed externally", seen on
+        Airflow 3.3.2 under load).
     """
 
     def __init__(self, card_id: str, target_phase_ids: list[str], failure_phase_ids: list[str] | None = None,
                  pipefy_conn_id: str = "pipefy_default", poll_interval: float = 60.0,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, first_poll_after: float = 0.0) -> None:
         super().__init__()
+        self.first_poll_after = first_poll_after
         self.card_id = str(card_id)
         self.target_phase_ids = [str(p) for p in target_phase_ids]
         self.failure_phase_ids = [str(p) for p in failure_phase_ids or []]
@@ -47,12 +53,14 @@ class PipefyCardPhaseTrigger(BaseTrigger):
                 "pipefy_conn_id": self.pipefy_conn_id,
                 "poll_interval": self.poll_interval,
                 "timeout": self.timeout,
+                "first_poll_after": self.first_poll_after,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = PipefyAsyncHook(pipefy_conn_id=self.pipefy_conn_id)
         deadline = time.monotonic() + self.timeout if self.timeout else None
+        await asyncio.sleep(self.first_poll_after)
         while True:
             try:
                 card = await hook.aget_card(self.card_id)

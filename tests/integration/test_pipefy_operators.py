@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
+from airflow.exceptions import TaskDeferred
 
 from airflow_provider_crm.common.errors import (
     CrmInputError,
@@ -164,6 +165,19 @@ def test_card_phase_sensor_poke_and_failure_phase(connections, context):
     with pytest.raises(PipefyCardFailedError, match="Cancelled"):
         PipefyCardPhaseSensor(task_id="s", card_id=other, target_phases=["Done"], failure_phases=["Cancelled"],
                               deferrable=False).poke(context())
+
+
+def test_deferred_card_sensor_polls_again_only_a_round_later(connections, context):
+    """The sensor has just read the card when it defers: its trigger's first poll waits one poke
+    interval (an immediate one repeats the read, and a wait over within a second of deferring can
+    race Airflow's scheduler into failing the resumed task)."""
+    card_id = next(PipefyHook().iter_phase_cards("3011"))["id"]
+    sensor = PipefyCardPhaseSensor(task_id="s", card_id=card_id, target_phases=["Doing"], deferrable=True,
+                                   poke_interval=7)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context())
+    _, kwargs = deferred.value.trigger.serialize()
+    assert kwargs["first_poll_after"] == kwargs["poll_interval"] == 7.0
 
 
 async def test_trigger_fires_on_target_phase_without_blocking_the_loop(connections):
