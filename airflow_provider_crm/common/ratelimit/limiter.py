@@ -14,7 +14,6 @@ counters in the same store. Keys are a digest of the token, never the token.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import logging
 import math
@@ -119,8 +118,6 @@ class RateLimiter:
             for w in self.windows
         }
         self._bucket_lock = threading.Lock()
-        # this process's own latest claims per window: whether a full server window is ours alone
-        self._own_claims = {w.name: collections.deque[float](maxlen=max(1, w.limit)) for w in self.windows}
 
     def in_flight(self, latency_s: float, cap: int, kind: str = "read", headroom: float = 4.0) -> int:
         """How many requests of ``kind`` to keep in flight so that the plan's window, not the latency,
@@ -261,21 +258,6 @@ class RateLimiter:
     def quota_status(self) -> dict[str, Any]:
         return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
-    def _frees_before(self, seconds: float, kind: str) -> bool:
-        """Whether a window ``kind`` uses could let a request go sooner than ``seconds`` from now, by
-        this process's own claims (a window not full of them counts as free now)."""
-        now = time.time()
-        with self._bucket_lock:
-            for window in self.windows:
-                claims = self._own_claims[window.name]
-                if kind not in window.kinds:
-                    continue
-                # claims of other processes on the store are not seen here: they count as another
-                # client's, which errs on the safe side (a pause)
-                if len(claims) < window.limit or claims[0] + window.seconds + ARRIVAL_GUARD_S - now < seconds:
-                    return True
-        return False
-
     # -- windows --------------------------------------------------------------------------------------
     def _try_windows(self, kind: str) -> tuple[float, str]:
         """Take a slot in every window this kind uses; return (0, "") or (seconds to wait, reason)."""
@@ -303,7 +285,6 @@ class RateLimiter:
                     self.late_claims += 1
                     log.debug("%s rate limit: claim committed %.0f ms late, claiming again", self.service, late * 1000)
                 if decision.allowed:  # type: ignore[union-attr]
-                    self._own_claims[window.name].append(claimed)
                     continue
                 wait_ms = decision.retry_after_ms  # type: ignore[union-attr]
                 if wait_ms is None:
@@ -377,13 +358,11 @@ class RateLimiter:
             self.block(reset or self.block_seconds, f"HTTP 429 from {self.service}")
             return
         remaining = signals.remaining
-        # reset comes in whole seconds (rounded up): the server's window may free up to 1 s sooner
-        if remaining is not None and remaining < 1 and reset and self._frees_before(reset - 1.0, kind):
-            # The server's window is full and ours would let a request go before the server's resets:
-            # another client spends this token too. Pause everyone until it resets (a reset is
-            # relative seconds, not an epoch). When our own window is as full (a plan used whole),
-            # the limiter already waits at least as long; pausing on top cost a fifth of a
-            # 20-per-2-s plan's throughput, measured.
+        if remaining is not None and remaining < 1 and reset:
+            # The server's window is full although ours keeps 5 % free: another client spends this
+            # token too. Pause everyone until it resets (a reset is relative seconds, not an epoch).
+            # At 1 left it is our own full window (19 of 20): pausing there cost a fifth of a 20-per-2-s
+            # plan's throughput, measured.
             self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
         for allowance in self.allowances:
             left = signals.left.get(allowance.name)

@@ -142,24 +142,6 @@ def test_headers_remaining_zero_pauses_for_the_relative_reset():
     fresh.before_request()
 
 
-def test_remaining_zero_from_our_own_full_window_adds_no_pause():
-    # a window used whole (safety 1.0): the server's window is full of our own requests, and our window already
-    # holds the next request back at least as long as the server's reset; pausing on top would cost
-    # a whole window every window
-    limiter = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}, safety=1.0), "t-own", store="memory",
-                            max_wait=5)
-    for _ in range(3):
-        limiter.before_request()
-    limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
-    assert limiter._blocked_for() == 0
-    # the same answer with our window empty: another client filled the server's window, so pause
-    other = build_limiter(pipedrive_policy("lite", overrides={"requests_per_2s": 3}, safety=1.0), "t-other", store="memory",
-                          max_wait=5)
-    other.before_request()
-    other.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
-    assert 1.5 < other._blocked_for() <= 2.0
-
-
 def test_budget_header_reconciles_spend_from_other_clients(file_store):
     limiter = build_limiter(pipedrive_policy("lite", overrides={"daily_token_budget": 100}), "t-rec", store=file_store)
     limiter.after_response(200, {"x-daily-ratelimit-token-remaining": "5"})
