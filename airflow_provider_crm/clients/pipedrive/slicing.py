@@ -18,9 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_crm.common.fanin import chunks, drain_batches
+from airflow_provider_crm.common.fanin import drain_batches
 
-Fetch = Callable[[Any, int, int], Iterator[dict[str, Any]]]
 FetchPages = Callable[[Any, int, int], Iterator[list[dict[str, Any]]]]
 
 
@@ -120,38 +119,25 @@ class SliceScheduler:
             self._cond.notify_all()
 
 
-def fetch_balanced(fetch: Fetch, position: Callable[[dict[str, Any]], int | None], slices: Sequence[Slice],
-                   workers: int, *, min_split_records: int = 2000, max_buffered: int = 2000,
-                   batch_size: int = 250, stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
-    """Yield the records of every slice, fetched by ``workers`` threads, splitting slices as they run.
+def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, Any]], int | None],
+                         slices: Sequence[Slice], workers: int, *, min_split_records: int = 2000,
+                         max_buffered: int = 2000, page_size: int = 500,
+                         stats: dict[str, int] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Yield the pages (lists of records) of every slice, fetched by ``workers`` threads, splitting
+    slices as they run. Per record this costs no lock, queue or generator step: a slice accepts a
+    whole page and is cut inside it at its moved end.
 
-    :param fetch: ``fetch(kind, start, end)`` yields the records of ``[start, end)`` in ascending
-        update time (the request bounds; the iterator is abandoned when the slice is cut short).
+    :param fetch_pages: ``fetch_pages(kind, start, end)`` yields the pages of ``[start, end)``, records
+        in ascending update time (the request bounds; the iterator is abandoned when the slice is cut
+        short).
     :param position: a record's update time in epoch seconds (None if it has none).
     :param slices: the initial slices.
     :param workers: threads fetching at once.
     :param min_split_records: smallest expected remainder worth a split.
     :param max_buffered: about how many records may wait between the fetchers and the consumer
-        (memory stays flat); they cross in batches of ``batch_size``.
-    :param stats: if given, ``splits`` is set in it at the end.
-    """
-    def fetch_pages(kind: Any, start: int, end: int) -> Iterator[list[dict[str, Any]]]:
-        return chunks(fetch(kind, start, end), batch_size)
-
-    for batch in fetch_balanced_pages(fetch_pages, position, slices, workers, min_split_records=min_split_records,
-                                      max_buffered=max_buffered, page_size=batch_size, stats=stats):
-        yield from batch
-
-
-def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, Any]], int | None],
-                         slices: Sequence[Slice], workers: int, *, min_split_records: int = 2000,
-                         max_buffered: int = 2000, page_size: int = 500,
-                         stats: dict[str, int] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """As :func:`fetch_balanced`, a page (a list of records) at a time: ``fetch_pages(kind, start, end)``
-    yields the pages of ``[start, end)`` and the pages are yielded as they come, cut at a slice's
-    moved end. Exports take this form: per record it costs no lock, queue or generator step.
-
+        (memory stays flat).
     :param page_size: about how many records a page holds (with ``max_buffered``, sizes the queue).
+    :param stats: if given, ``splits`` is set in it at the end.
     """
     scheduler = SliceScheduler(slices, min_split_records)
     done = object()

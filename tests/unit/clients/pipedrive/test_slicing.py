@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced
+from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced_pages
+from airflow_provider_crm.common.fanin import chunks
 
 
 def _dataset(n: int, start: int, end: int, skew: float, seed: int = 7) -> list[dict]:
@@ -19,6 +20,14 @@ def _dataset(n: int, start: int, end: int, skew: float, seed: int = 7) -> list[d
     times = sorted(int(end - 1 - (end - 1 - start) * rnd.random() ** skew) for _ in range(n))
     return [{"id": i, "t": t} for i, t in enumerate(times)]
 
+
+
+def fetch_balanced(fetch, position, slices, workers, *, page_size=250, **kwargs):
+    """The records of fetch_balanced_pages, the fake API's records cut into pages of ``page_size``."""
+    pages = fetch_balanced_pages(lambda kind, a, b: chunks(fetch(kind, a, b), page_size), position, slices, workers,
+                                 page_size=page_size, **kwargs)
+    for page in pages:
+        yield from page
 
 class FakeApi:
     """Pages of ``page`` records of [a, b) in ascending time, ``latency`` seconds each; counts concurrency."""
@@ -120,7 +129,7 @@ def test_an_idle_worker_splits_as_soon_as_the_busy_slice_has_shown_its_density()
 
     stats: dict[str, int] = {}
     out = list(fetch_balanced(fetch_recording, lambda r: r["t"], _initial(0, 100_000, 2), 2,
-                              min_split_records=200, batch_size=250, stats=stats))
+                              min_split_records=200, page_size=250, stats=stats))
     assert sorted(r["id"] for r in out) == list(range(5_000))
     assert stats["splits"] >= 1
     # requests so far: the empty slice's one and the busy slice's first two (page 2 left as page 1 was taken)
