@@ -23,8 +23,8 @@ def _worker(base_url: str, token: str, store: str, results: multiprocessing.Queu
     statuses = []
     session = requests.Session()
     for _ in range(REQUESTS_PER_PROCESS):
-        limiter.before_request(cost=2)
-        resp = session.get(f"{base_url}/api/v1/users/me", headers={"x-api-token": token}, timeout=10)
+        with limiter.request(cost=2):
+            resp = session.get(f"{base_url}/api/v1/users/me", headers={"x-api-token": token}, timeout=10)
         limiter.after_response(resp.status_code, resp.headers)
         statuses.append(resp.status_code)
     results.put(statuses)

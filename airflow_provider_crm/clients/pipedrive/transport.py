@@ -204,14 +204,14 @@ class SyncTransport(PipedriveTransport):
         """One attempt (with one OAuth refresh on a 401). ``lazy``: a successful answer is returned as a
         :class:`jsoncodec.Envelope` with ``data`` still undecoded."""
         kind = call.limiter_kind
-        self.limiter.before_request(kind=kind, cost=self.cost(call))
         resp: requests.Response | None = None
         for attempt in (1, 2):
             # auth first: an OAuth refresh may move the base URL to the answer's api_domain
             headers = self.auth_headers(force_refresh=attempt == 2)
-            resp = http.send(self.session, call.verb, self.url(call.version, call.path), what=call.what,
-                             service=SERVICE, timeout=self.timeout, params=call.params, json=call.json,
-                             headers=headers)
+            with self.limiter.request(kind=kind, cost=self.cost(call)):  # each attempt is a request
+                resp = http.send(self.session, call.verb, self.url(call.version, call.path), what=call.what,
+                                 service=SERVICE, timeout=self.timeout, params=call.params, json=call.json,
+                                 headers=headers)
             self.limiter.after_response(resp.status_code, resp.headers, kind=kind)
             if self.auth_again(resp.status_code, attempt):
                 resp.close()
@@ -271,12 +271,15 @@ class AsyncTransport(PipedriveTransport):
 
     async def request_once(self, call: Call) -> dict[str, Any]:
         kind = call.limiter_kind
-        await self.limiter.before_request_async(kind=kind, cost=self.cost(call))
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = await self.auth_headers(client, force_refresh=attempt == 2)
-                resp = await http.asend(client, call.verb, self.url(call.version, call.path), what=call.what,
-                                        service=SERVICE, headers=headers, params=call.params, json=call.json)
+                slot = await self.limiter.before_request_async(kind=kind, cost=self.cost(call))
+                try:
+                    resp = await http.asend(client, call.verb, self.url(call.version, call.path), what=call.what,
+                                            service=SERVICE, headers=headers, params=call.params, json=call.json)
+                finally:
+                    await asyncio.to_thread(self.limiter.release, slot)
                 await asyncio.to_thread(self.limiter.after_response, resp.status_code, resp.headers, kind)
                 if not self.auth_again(resp.status_code, attempt):
                     break

@@ -9,7 +9,7 @@ Pipefy's error shapes typed (HTTP 200 with ``errors`` or a singular ``error`` in
 failure mapping and timeouts. Retries are the client's (common/retry.py).
 
 The request's steps are written once, as a generator (:meth:`PipefyTransportBase.steps`) that yields
-what it needs done (``("limit", kind)``, ``("bearer", force)``, ``("post", body, headers)``,
+what it needs done (``("bearer", force)``, ``("limit", kind)``, ``("post", body, headers, slot)``,
 ``("after", status, headers, kind)``); each subclass has a method of each step's name doing it with
 its own I/O (sync, or awaited).
 """
@@ -35,7 +35,7 @@ from airflow_provider_crm.clients.pipefy.errors import read_answer, token_answer
 from airflow_provider_crm.clients.pipefy.settings import PipefySettings
 from airflow_provider_crm.common import http, jsoncodec
 from airflow_provider_crm.common.errors import CrmRateLimitError
-from airflow_provider_crm.common.ratelimit.limiter import RateLimiter
+from airflow_provider_crm.common.ratelimit.limiter import RateLimiter, Slot
 
 WHAT = "POST graphql"
 Answer = tuple[int, Any, bytes]  # status, headers, body
@@ -83,11 +83,11 @@ class PipefyTransportBase:
     # -- one request -------------------------------------------------------------------------------
     def steps(self, request: GraphQLRequest, kind: str) -> Steps:
         """What one request does, in order; the subclass performs each yielded step."""
-        yield ("limit", kind)
         body = {"query": query_text(request.document), "variables": request.variable_values or {}}
         for attempt in (1, 2):
             bearer = yield ("bearer", attempt == 2)
-            status, headers, content = yield ("post", body, {"Authorization": f"Bearer {bearer}"})
+            slot = yield ("limit", kind)  # each attempt is a request; posting releases the slot
+            status, headers, content = yield ("post", body, {"Authorization": f"Bearer {bearer}"}, slot)
             yield ("after", status, headers, kind)
             if not (status == 401 and attempt == 1 and self.settings.client_id):
                 break  # else the service-account token may have expired early: refresh it once
@@ -126,14 +126,17 @@ class PipefySyncTransport(PipefyTransportBase, Transport):
                 return self.keep_token(status, content, headers.get("content-type"))
             return str(self._token)
 
-    def limit(self, kind: str) -> None:
-        self.limiter.before_request(kind=kind)
+    def limit(self, kind: str) -> Slot:
+        return self.limiter.before_request(kind=kind)
 
     def after(self, status: int, headers: Any, kind: str) -> None:
         self.limiter.after_response(status, headers, kind=kind)
 
-    def post(self, body: dict[str, Any], headers: dict[str, str]) -> Answer:
-        return self._post(self.settings.api_url, json=body, headers=headers)
+    def post(self, body: dict[str, Any], headers: dict[str, str], slot: Slot) -> Answer:
+        try:
+            return self._post(self.settings.api_url, json=body, headers=headers)
+        finally:
+            self.limiter.release(slot)
 
     def execute(self, request: GraphQLRequest, *args: Any, kind: str = "read", **kwargs: Any) -> ExecutionResult:
         steps, reply = self.steps(request, kind), None
@@ -189,14 +192,17 @@ class PipefyAsyncTransport(PipefyTransportBase, AsyncTransport):
                 return self.keep_token(status, content, headers.get("content-type"))
             return str(self._token)
 
-    async def limit(self, kind: str) -> None:
-        await self.limiter.before_request_async(kind=kind)
+    async def limit(self, kind: str) -> Slot:
+        return await self.limiter.before_request_async(kind=kind)
 
     async def after(self, status: int, headers: Any, kind: str) -> None:
         await asyncio.to_thread(self.limiter.after_response, status, headers, kind=kind)
 
-    async def post(self, body: dict[str, Any], headers: dict[str, str]) -> Answer:
-        return await self._post(self.settings.api_url, json=body, headers=headers)
+    async def post(self, body: dict[str, Any], headers: dict[str, str], slot: Slot) -> Answer:
+        try:
+            return await self._post(self.settings.api_url, json=body, headers=headers)
+        finally:
+            await asyncio.to_thread(self.limiter.release, slot)
 
     async def execute(self, request: GraphQLRequest, *args: Any, kind: str = "read", **kwargs: Any
                       ) -> ExecutionResult:

@@ -6,9 +6,11 @@ answer after (``after_response``). The limiter keeps the caller under the limits
 :class:`~.policy.LimitPolicy` states, so tasks do not collect 429s, and when someone else causes one it
 makes every process that shares the store wait it out.
 
-The sliding windows are pyrate-limiter buckets (in memory, SQLite with a file lock, or Redis: see
-:mod:`.stores`); the few shared values besides (the end of a block, the quotas used) are plain
-counters in the same store. Keys are a digest of the token, never the token.
+A request holds one slot in each window it counts in from before it is sent until its answer
+arrives, and the slot counts for one window from the answer (:mod:`.stores` says why that never
+lets the server see more than the limit). The windows and the few shared values besides (the end of
+a block, the quotas used) live in one store: memory, a SQLite file, or Redis. Keys are a digest of the
+token, never the token.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, cast
-
-from pyrate_limiter import Rate, RateItem
+from typing import Any
 
 from airflow_provider_crm.common.errors import (
     CrmDailyBudgetExceededError,
@@ -41,18 +43,10 @@ from airflow_provider_crm.common.ratelimit.stores import (
 
 log = logging.getLogger(__name__)
 
-# Our windows are this much longer than the server's: a claim is stamped when it is committed and the
-# server counts the request when it arrives. In between: the rest of the claim's commit (CLAIM_DEADLINE_S
-# at most), the hook building and sending the request, the network and the server reaching its counter.
-# A request later than the guard could make the server see one more in its window than we allowed.
-# Measured with 4 processes and 2 CPU hogs on 2 cores (make stress, issue 15): claim to the sandbox's
-# counter took up to 93 ms (p99 71 ms), so the old 50 ms let 21 through; 150 ms costs ~5 % of the
-# Lite plan's throughput (19 per 2.15 s instead of per 2.05 s). See docs/rate-limits.md.
-ARRIVAL_GUARD_S = 0.15
-# A claim committed longer than this after its timestamp was read (a process descheduled between the
-# two) is stale: its slot would leave our window early. It stays (that only errs on the safe side) and
-# the request takes a fresh claim.
-CLAIM_DEADLINE_S = 0.02
+# The longest a slot is held for a request without an answer: a process killed mid-request frees its
+# slots after this. Longer than any request's timeout, so a live request's slot never lapses first
+# (and if it did, its answer counts it again).
+MAX_HOLD_S = 300.0
 QUOTA_WARNING_RATIO = 0.8
 
 
@@ -91,6 +85,16 @@ class LimiterStats:
         }
 
 
+@dataclass
+class Slot:
+    """A request's place in its windows, from before it is sent until its answer: give it back with
+    :meth:`RateLimiter.release` once the answer (or the failure) is in."""
+
+    windows: tuple[tuple[str, float], ...]  # (store key, window seconds)
+    id: str = field(default_factory=lambda: os.urandom(9).hex())
+    released: bool = False
+
+
 class RateLimiter:
     """Keeps one token's requests under its service's limits (``policy``), shared through a store.
 
@@ -111,13 +115,7 @@ class RateLimiter:
         self.stats = LimiterStats()
         self._warned: set[str] = set()
         self._stated: dict[str, tuple[str, int | None]] = {}  # allowance -> (period, limit the server stated)
-        self._acquired = 0
-        self.late_claims = 0  # claims taken again because they were committed too late (tests read it)
-        self._buckets = {
-            w.name: store.bucket(f"{service}_{key}_{w.name}", [Rate(w.limit, int((w.seconds + ARRIVAL_GUARD_S) * 1000))])
-            for w in self.windows
-        }
-        self._bucket_lock = threading.Lock()
+        self._window_keys = {w.name: f"{service}_{key}_{w.name}" for w in self.windows}
 
     def in_flight(self, latency_s: float, cap: int, kind: str = "read", headroom: float = 4.0) -> int:
         """How many requests of ``kind`` to keep in flight so that the plan's window, not the latency,
@@ -259,71 +257,55 @@ class RateLimiter:
         return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
     # -- windows --------------------------------------------------------------------------------------
-    def _try_windows(self, kind: str) -> tuple[float, str]:
-        """Take a slot in every window this kind uses; return (0, "") or (seconds to wait, reason)."""
+    def _try_windows(self, kind: str) -> tuple[float, Slot | None, str]:
+        """Hold a slot in every window this kind counts in: (0, the slot, "") or (seconds to wait, None,
+        reason). All or none: a window that refuses gives back the slots already held."""
         blocked = self._blocked_for()
         if blocked > 0:
             code = self.store.get(self._value_key("block_reason"))
-            return blocked, f"paused: {self.BLOCK_REASONS.get(code, 'the service asked to slow down')}"
-        with self._bucket_lock:
-            for window in self.windows:
-                if kind not in window.kinds:
-                    continue
-                bucket = self._buckets[window.name]
-                while True:
-                    with self.store.claim_lock(bucket):
-                        claimed = time.time()  # read under the store's lock, when it has one
-                        item = RateItem(window.name, int(claimed * 1000), 1)
-                        decision = bucket.put_decision(item)
-                    if not decision.allowed:  # type: ignore[union-attr]
-                        break
-                    late = time.time() - claimed
-                    if late <= CLAIM_DEADLINE_S:
-                        break
-                    # committed too long after its time was read: that claim leaves our window early
-                    # (it stays, which only errs on the safe side); take a fresh one
-                    self.late_claims += 1
-                    log.debug("%s rate limit: claim committed %.0f ms late, claiming again", self.service, late * 1000)
-                if decision.allowed:  # type: ignore[union-attr]
-                    continue
-                wait_ms = decision.retry_after_ms  # type: ignore[union-attr]
-                if wait_ms is None:
-                    wait_ms = bucket.waiting(item)  # type: ignore[assignment]
-                wait = max(0.01, cast(float, wait_ms or 0) / 1000.0)
-                return wait, f"{window.name}: {window.limit} per {window.seconds:g}s"
-            self._acquired += 1
-            if self._acquired % 500 == 0:
-                for bucket in self._buckets.values():
-                    try:
-                        bucket.leak(int(time.time() * 1000))
-                    except Exception:  # pragma: no cover - housekeeping only
-                        log.debug("bucket leak failed", exc_info=True)
-        return 0.0, ""
+            return blocked, None, f"paused: {self.BLOCK_REASONS.get(code, 'the service asked to slow down')}"
+        slot = Slot(tuple((self._window_keys[w.name], float(w.seconds)) for w in self.windows if kind in w.kinds))
+        for index, window in enumerate(w for w in self.windows if kind in w.kinds):
+            wait = self.store.take_slot(slot.windows[index][0], slot.id, window.limit, window.seconds, MAX_HOLD_S)
+            if wait > 0:
+                for key, _ in slot.windows[:index]:
+                    self.store.drop_slot(key, slot.id)
+                return wait, None, f"{window.name}: {window.limit} per {window.seconds:g}s"
+        return 0.0, slot, ""
 
-    def _next_wait(self, kind: str, waited: float) -> float:
-        wait, reason = self._try_windows(kind)
-        if wait <= 0:
-            return 0.0
+    def release(self, slot: Slot | None) -> None:
+        """The slot's answer arrived, or its request failed: from now it counts for one window (the
+        server counted the request, if it did, before now). Safe to call twice."""
+        if slot is None or slot.released:
+            return
+        slot.released = True
+        for key, seconds in slot.windows:
+            self.store.settle_slot(key, slot.id, seconds)
+
+    def counting(self, window: str) -> int:
+        """How many requests count in one of this token's windows now (held or answered): for tests."""
+        return self.store.slots_counting(self._window_keys[window])
+
+    def _next_wait(self, kind: str, waited: float) -> tuple[float, Slot | None]:
+        wait, slot, reason = self._try_windows(kind)
+        if slot is not None:
+            return 0.0, slot
         if waited + wait > self.max_wait:
             raise CrmWaitTooLongError(reason, waited + wait, self.max_wait)
         self.stats.note_wait(wait, reason)
         log.info("%s rate limit: waiting %.2fs (%s)", self.service, wait, reason)
-        return wait
+        return wait, None
 
-    def before_request(self, kind: str = "read", cost: int = 1) -> None:
-        """Block until the request may go; spend quotas. Raises instead of waiting too long.
-
-        Quotas are spent first and the window slot is claimed last, so the request leaves right after
-        its claim is committed: spending after the claim (two more store writes, each behind the
-        values' file lock) held requests back up to 300 ms on a loaded machine, and their slots left
-        our window that much before they reached the server's (issue 15). A request that does not
-        go (a refusal, a wait too long) gives its quotas back."""
+    def before_request(self, kind: str = "read", cost: int = 1) -> Slot:
+        """Block until the request may go; spend quotas; return its slot, for :meth:`release` when the
+        answer is in (a slot never released counts for ``MAX_HOLD_S``). Raises instead of waiting too
+        long; a request that does not go (a refusal, a wait too long) gives its quotas back."""
         spent = self._spend(kind, cost)
         try:
             waited = 0.0
             while True:
-                wait = self._next_wait(kind, waited)
-                if wait <= 0:
+                wait, slot = self._next_wait(kind, waited)
+                if slot is not None:
                     break
                 time.sleep(wait)
                 waited += wait
@@ -331,15 +313,16 @@ class RateLimiter:
             self._refund(spent)
             raise
         self.stats.requests += 1
+        return slot
 
-    async def before_request_async(self, kind: str = "read", cost: int = 1) -> None:
+    async def before_request_async(self, kind: str = "read", cost: int = 1) -> Slot:
         """As :meth:`before_request`, without blocking the event loop (store I/O runs in a thread)."""
         spent = await asyncio.to_thread(self._spend, kind, cost)
         try:
             waited = 0.0
             while True:
-                wait = await asyncio.to_thread(self._next_wait, kind, waited)
-                if wait <= 0:
+                wait, slot = await asyncio.to_thread(self._next_wait, kind, waited)
+                if slot is not None:
                     break
                 await asyncio.sleep(wait)
                 waited += wait
@@ -347,6 +330,16 @@ class RateLimiter:
             self._refund(spent)
             raise
         self.stats.requests += 1
+        return slot
+
+    @contextmanager
+    def request(self, kind: str = "read", cost: int = 1) -> Iterator[Slot]:
+        """``before_request`` and, whatever happens in the block, ``release``: wrap the sending alone."""
+        slot = self.before_request(kind, cost)
+        try:
+            yield slot
+        finally:
+            self.release(slot)
 
     # -- listening to answers -------------------------------------------------------------------------
     def after_response(self, status: int, headers: Mapping[str, str], kind: str = "read") -> None:

@@ -1,6 +1,14 @@
 """Where the limiter keeps its windows and shared counters: this process (memory), every process on this
 machine (a SQLite file, file-locked) or every machine (Redis). One store per location per process; keys
-are a digest of the token, never the token."""
+are a digest of the token, never the token.
+
+A window is a set of slots, each with the time it stops counting. A slot is *held* while its request
+is in flight (until ``hold`` seconds at most, for a process that dies mid-request) and *settled* when
+the answer arrives: from then it counts for one window. The server counts a request somewhere between
+its sending and its answer, so a window settled at the answer never leaves ours before it leaves the
+server's, however late the request reaches the server (issue 18: a slot stamped when claimed, with a
+fixed allowance for the delay, met 429s on a loaded machine). Taking a slot is one atomic step per
+store: a lock (memory), a file lock and one SQLite transaction (file) or one Lua script (Redis)."""
 
 from __future__ import annotations
 
@@ -15,8 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pyrate_limiter import AbstractBucket, InMemoryBucket, Rate, SQLiteBucket
-
 from airflow_provider_crm.common.errors import CrmConfigError, CrmError
 
 DEFAULT_MAX_WAIT = 120.0
@@ -27,12 +33,21 @@ class LimitStore(ABC):
     description = "store"
 
     @abstractmethod
-    def bucket(self, name: str, rates: list[Rate]) -> AbstractBucket: ...
+    def take_slot(self, window: str, slot: str, limit: int, seconds: float, hold: float) -> float:
+        """Hold a slot in ``window`` if fewer than ``limit`` count now; return 0 when taken, else the
+        seconds until one may be free (at most ``seconds``: a held slot frees a window after its answer)."""
 
-    def claim_lock(self, bucket: AbstractBucket) -> contextlib.AbstractContextManager[Any]:
-        """Held while a claim's time is read and the claim committed, where the store has such a lock
-        (the file store's); a Redis claim is one atomic script, checked for lateness instead."""
-        return contextlib.nullcontext()
+    @abstractmethod
+    def settle_slot(self, window: str, slot: str, seconds: float) -> None:
+        """The slot's answer arrived: it counts for ``seconds`` from now (again, if its hold lapsed)."""
+
+    @abstractmethod
+    def drop_slot(self, window: str, slot: str) -> None:
+        """The slot's request was never sent: free it."""
+
+    @abstractmethod
+    def slots_counting(self, window: str) -> int:
+        """How many slots count in ``window`` now (held or settled)."""
 
     @abstractmethod
     def get(self, key: str) -> float: ...
@@ -56,15 +71,36 @@ class MemoryStore(LimitStore):
     description = "memory (this process only)"
 
     def __init__(self) -> None:
-        self._buckets: dict[str, AbstractBucket] = {}
+        self._windows: dict[str, dict[str, float]] = {}  # window -> slot -> when it stops counting
         self._values: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def bucket(self, name: str, rates: list[Rate]) -> AbstractBucket:
+    def _slots(self, window: str, now: float) -> dict[str, float]:
+        slots = self._windows.setdefault(window, {})
+        for slot in [slot for slot, until in slots.items() if until <= now]:
+            del slots[slot]
+        return slots
+
+    def take_slot(self, window: str, slot: str, limit: int, seconds: float, hold: float) -> float:
         with self._lock:
-            if name not in self._buckets:
-                self._buckets[name] = InMemoryBucket(rates)
-            return self._buckets[name]
+            now = time.time()
+            slots = self._slots(window, now)
+            if len(slots) < limit:
+                slots[slot] = now + hold
+                return 0.0
+            return max(0.001, min(min(slots.values()) - now, seconds))
+
+    def settle_slot(self, window: str, slot: str, seconds: float) -> None:
+        with self._lock:
+            self._windows.setdefault(window, {})[slot] = time.time() + seconds
+
+    def drop_slot(self, window: str, slot: str) -> None:
+        with self._lock:
+            self._windows.get(window, {}).pop(slot, None)
+
+    def slots_counting(self, window: str) -> int:
+        with self._lock:
+            return len(self._slots(window, time.time()))
 
     def _live(self, key: str) -> float:
         value, expires = self._values.get(key, (0.0, 0.0))
@@ -101,33 +137,60 @@ class FileStore(LimitStore):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.description = f"file ({directory})"
-        self._db = str(directory / "crm-ratelimit.sqlite")
-        self._buckets: dict[str, SQLiteBucket] = {}
-        self._lock = threading.RLock()  # pyrate's file lock is per thread; this covers our threads
+        self._lock = threading.RLock()  # the file lock is shared by this process's threads; this orders them
         from filelock import FileLock
 
         self._values_lock = FileLock(str(directory / "crm-values.lock"), thread_local=False)
         self._conn = sqlite3.connect(str(directory / "crm-values.sqlite"), check_same_thread=False, timeout=30)
         with self._values_lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
+            # the values are worth a window or a day: a power cut may lose the last commits, not corrupt
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS crm_values (key TEXT PRIMARY KEY, value REAL NOT NULL, expires REAL NOT NULL)"
             )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS crm_slots (win TEXT NOT NULL, slot TEXT NOT NULL, until REAL NOT NULL, "
+                "PRIMARY KEY (win, slot))"
+            )
             self._conn.commit()
 
-    def bucket(self, name: str, rates: list[Rate]) -> AbstractBucket:
-        with self._lock:
-            if name not in self._buckets:
-                self._buckets[name] = SQLiteBucket.init_from_file(
-                    rates, table=f"b_{name}", db_path=self._db, use_file_lock=True
-                )
-            return self._buckets[name]
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[float]:
+        """This process's threads, then every process: the time is read once both are held."""
+        with self._lock, self._values_lock:
+            try:
+                yield time.time()
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
 
-    def claim_lock(self, bucket: AbstractBucket) -> contextlib.AbstractContextManager[Any]:
-        # the bucket's own file lock (re-entrant in this thread, so its put() takes it again): the time
-        # is read after every other process's claim is committed, never before a wait for the lock
-        lock = getattr(bucket, "lock", None)
-        return lock if lock is not None else contextlib.nullcontext()
+    def take_slot(self, window: str, slot: str, limit: int, seconds: float, hold: float) -> float:
+        with self._locked() as now:
+            self._conn.execute("DELETE FROM crm_slots WHERE win = ? AND until <= ?", (window, now))
+            count, first = self._conn.execute(
+                "SELECT COUNT(*), MIN(until) FROM crm_slots WHERE win = ?", (window,)).fetchone()
+            if count < limit:
+                self._conn.execute("INSERT OR REPLACE INTO crm_slots (win, slot, until) VALUES (?, ?, ?)",
+                                   (window, slot, now + hold))
+                return 0.0
+            return max(0.001, min(float(first) - now, seconds))
+
+    def settle_slot(self, window: str, slot: str, seconds: float) -> None:
+        with self._locked() as now:
+            self._conn.execute("INSERT OR REPLACE INTO crm_slots (win, slot, until) VALUES (?, ?, ?)",
+                               (window, slot, now + seconds))
+
+    def drop_slot(self, window: str, slot: str) -> None:
+        with self._locked():
+            self._conn.execute("DELETE FROM crm_slots WHERE win = ? AND slot = ?", (window, slot))
+
+    def slots_counting(self, window: str) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM crm_slots WHERE win = ? AND until > ?",
+                                     (window, time.time())).fetchone()
+            return int(row[0])
 
     def _read(self, key: str, now: float) -> float:
         row = self._conn.execute("SELECT value, expires FROM crm_values WHERE key = ?", (key,)).fetchone()
@@ -175,6 +238,35 @@ class RedisStore(LimitStore):
     end
     return tostring(current)
     """
+    # Redis's clock, so that workers on several machines agree on when a slot stops counting.
+    # KEYS[1] the window; ARGV: slot, limit, window seconds, hold seconds
+    _TAKE_SLOT = """
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+        redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000) + 1000)
+        return '0'
+    end
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tostring(math.max(0.001, math.min(tonumber(first[2]) - now, tonumber(ARGV[3]))))
+    """
+    # KEYS[1] the window; ARGV: slot, window seconds
+    _SETTLE_SLOT = """
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+    local ms = math.ceil(tonumber(ARGV[2]) * 1000) + 1000
+    if redis.call('PTTL', KEYS[1]) < ms then
+        redis.call('PEXPIRE', KEYS[1], ms)
+    end
+    return 1
+    """
+    _COUNT_SLOTS = """
+    local t = redis.call('TIME')
+    return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(t[1]) + tonumber(t[2]) / 1000000), '+inf')
+    """
 
     def __init__(self, url: str) -> None:
         try:
@@ -187,17 +279,22 @@ class RedisStore(LimitStore):
         # never show the password a URL may carry
         self.description = "redis (" + url.split("@")[-1].split("://")[-1] + ")"
         self._redis.ping()  # an unreachable Redis fails here, where the error can name the setting
-        self._buckets: dict[str, AbstractBucket] = {}
-        self._lock = threading.Lock()
         self._set_max = self._redis.register_script(self._SET_MAX)
+        self._take_slot = self._redis.register_script(self._TAKE_SLOT)
+        self._settle_slot = self._redis.register_script(self._SETTLE_SLOT)
+        self._count_slots = self._redis.register_script(self._COUNT_SLOTS)
 
-    def bucket(self, name: str, rates: list[Rate]) -> AbstractBucket:
-        from pyrate_limiter import RedisBucket
+    def take_slot(self, window: str, slot: str, limit: int, seconds: float, hold: float) -> float:
+        return float(self._take_slot(keys=[f"crm:window:{window}"], args=[slot, limit, repr(seconds), repr(hold)]))
 
-        with self._lock:
-            if name not in self._buckets:
-                self._buckets[name] = RedisBucket.init(rates, self._redis, f"crm:bucket:{name}")
-            return self._buckets[name]
+    def settle_slot(self, window: str, slot: str, seconds: float) -> None:
+        self._settle_slot(keys=[f"crm:window:{window}"], args=[slot, repr(seconds)])
+
+    def drop_slot(self, window: str, slot: str) -> None:
+        self._redis.zrem(f"crm:window:{window}", slot)
+
+    def slots_counting(self, window: str) -> int:
+        return int(self._count_slots(keys=[f"crm:window:{window}"]))
 
     def get(self, key: str) -> float:
         value = self._redis.get(f"crm:value:{key}")

@@ -68,7 +68,8 @@ def test_window_makes_callers_wait_and_counts_the_wait(caplog):
     caplog.set_level(logging.INFO)
     started = time.monotonic()
     for _ in range(6):
-        limiter.before_request()
+        with limiter.request():
+            pass
     assert time.monotonic() - started >= 1.5  # two of six had to wait for the 2 s window
     assert limiter.stats.waits >= 1
     assert "waiting" in caplog.text and "burst: 4 per 2s" in caplog.text
@@ -175,7 +176,7 @@ async def test_async_acquire_does_not_block_the_event_loop():
 
     task = asyncio.create_task(ticker())
     for _ in range(3):
-        await limiter.before_request_async()
+        limiter.release(await limiter.before_request_async())
     task.cancel()
     assert limiter.stats.waits >= 1
     assert ticks >= 10  # the loop kept running while the third request waited ~2 s
@@ -185,7 +186,7 @@ def test_a_pause_says_its_real_reason():
     """x-ratelimit-remaining 0 pauses the token, but no 429 happened: the log must not say there was one."""
     limiter = build_limiter(pipedrive_policy(), "reason-token", store="memory")
     limiter.after_response(200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
-    wait, reason = limiter._try_windows("read")
+    wait, _, reason = limiter._try_windows("read")
     assert wait > 0 and "x-ratelimit-remaining 0" in reason and "429" not in reason
     limiter.after_response(429, {"retry-after": "3"})
-    assert "HTTP 429" in limiter._try_windows("read")[1]
+    assert "HTTP 429" in limiter._try_windows("read")[2]
