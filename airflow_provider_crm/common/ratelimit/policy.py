@@ -18,8 +18,8 @@ DEFAULT_SAFETY = 0.95  # stay this fraction under each window limit
 
 @dataclass(frozen=True)
 class Window:
-    """A sliding-window limit that applies to some request kinds (``seconds``: the server's window;
-    the bucket's is longer by the engine's arrival guard)."""
+    """A sliding-window limit that applies to some request kinds (``seconds``: the server's window; the
+    engine counts each request in it from the request's answer, see :mod:`.stores`)."""
 
     name: str
     limit: int
