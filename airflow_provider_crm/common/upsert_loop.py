@@ -64,12 +64,14 @@ def upsert_one(steps: UpsertSteps, row: PreparedRow) -> tuple[str, Any]:
     return outcome, steps.ident(record)
 
 
-def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 1.0) -> int:
+def upsert_workers(limiter: Any, cap: int | None = None, write_seconds: float = 1.0, rows: int | None = None) -> int:
     """How many rows to write at once by default: enough to keep the plan's write allowance busy when a
-    write takes up to ``write_seconds``, never more than ``cap`` (or 32). The limiter, not this
-    number, holds the rate, so asking for more rows in flight than the window admits costs only waits.
+    write takes up to ``write_seconds``, never more than ``cap`` (or 32) nor than the ``rows`` there
+    are (when known). The limiter, not this number, holds the rate, so asking for more rows in flight
+    than the window admits costs only waits.
     """
-    return int(limiter.in_flight(write_seconds, cap or MAX_UPSERT_WORKERS, kind="write", headroom=1.0))
+    workers = int(limiter.in_flight(write_seconds, cap or MAX_UPSERT_WORKERS, kind="write", headroom=1.0))
+    return workers if rows is None else min(workers, max(1, rows))
 
 
 # the hooks' HTTP connection pool per host (common/http.py POOL_SIZE): more threads would queue for it

@@ -177,7 +177,7 @@ class PipedriveUpsertOperator(_PipedriveOperator):
             index = self.hook.index_by(self.entity, self.key_field)
             self.log.info("Indexed %d %s by %s for %d rows", len(index), self.entity, self.key_field, len(rows))
         limiter = self.hook.limiter
-        workers = min(upsert_workers(limiter, self.max_workers), max(1, len(rows)))
+        workers = upsert_workers(limiter, self.max_workers, rows=len(rows))
         self.log.info("Upserting %d rows into %s keyed by %r (lookup: %s), %d at a time; rate limit: %s", len(rows),
                       self.entity, self.key_field, "index" if index is not None else "search", workers,
                       describe_limits(limiter))

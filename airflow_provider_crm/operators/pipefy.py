@@ -271,7 +271,7 @@ class PipefyUpsertCardsOperator(_PipefyOperator):
         rows, count = counted_rows(self.rows)
         plan = plan_lookup(hook.client, self.pipe_id, key, self.lookup, count)
         estimate = plan.requests + count * (2 if target is not None else 1)  # finding, a write a row, moves
-        workers = min(upsert_workers(hook.limiter, self.max_workers), max(1, count))
+        workers = upsert_workers(hook.limiter, self.max_workers, rows=count)
         self.log.info("Upserting %d rows into pipe %s keyed by %r, %d at a time, %s: at most about %d API calls; "
                       "rate limit: %s", count, self.pipe_id, key["label"], workers, plan.describe(), estimate,
                       describe_limits(hook.limiter))

@@ -128,3 +128,5 @@ def test_default_workers_follow_the_plan(service, plan, overrides, expected):
     limiter = build_limiter(policy, "token", store="memory")
     assert upsert_workers(limiter) == expected
     assert upsert_workers(limiter, cap=2) == min(2, expected)
+    assert upsert_workers(limiter, rows=3) == min(3, expected)  # never more workers than rows
+    assert upsert_workers(limiter, rows=0) == 1
