@@ -35,12 +35,15 @@ class PipedriveDealTrigger(BaseTrigger):
     :param pipedrive_conn_id: the Pipedrive connection.
     :param poll_interval: seconds between polls.
     :param timeout: seconds from the trigger's start.
+    :param first_poll_after: seconds before the first poll; the sensor passes its poke interval when it
+        has just read the deal itself (as :class:`~.pipefy.PipefyCardPhaseTrigger`, which says why).
     """
 
     def __init__(self, deal_id: int, stage_ids: list[str] | None = None, statuses: list[str] | None = None,
                  pipedrive_conn_id: str = "pipedrive_default", poll_interval: float = 60.0,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, first_poll_after: float = 0.0) -> None:
         super().__init__()
+        self.first_poll_after = first_poll_after
         self.deal_id = int(deal_id)
         self.stage_ids = [str(s) for s in stage_ids or []]
         self.statuses = list(statuses or [])
@@ -53,12 +56,13 @@ class PipedriveDealTrigger(BaseTrigger):
             "airflow_provider_crm.triggers.pipedrive.PipedriveDealTrigger",
             {"deal_id": self.deal_id, "stage_ids": self.stage_ids, "statuses": self.statuses,
              "pipedrive_conn_id": self.pipedrive_conn_id, "poll_interval": self.poll_interval,
-             "timeout": self.timeout},
+             "timeout": self.timeout, "first_poll_after": self.first_poll_after},
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = PipedriveAsyncHook(pipedrive_conn_id=self.pipedrive_conn_id)
         deadline = time.monotonic() + self.timeout if self.timeout else None
+        await asyncio.sleep(self.first_poll_after)
         while True:
             try:
                 deal = await hook.aget("deals", self.deal_id)

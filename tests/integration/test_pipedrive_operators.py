@@ -224,6 +224,18 @@ def test_deal_sensor_poke_and_failure(connections, context):
         PipedriveDealSensor(task_id="s", deal_id=5, statuses=["won"], deferrable=False).poke(context())
 
 
+def test_deferred_deal_sensor_polls_again_only_a_round_later(connections, context):
+    """As the Pipefy card sensor: the sensor has just read the deal when it defers, so its trigger's first
+    poll waits one poke interval."""
+    from airflow.exceptions import TaskDeferred
+
+    sensor = PipedriveDealSensor(task_id="s", deal_id=2, statuses=["won"], deferrable=True, poke_interval=7)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context())
+    _, kwargs = deferred.value.trigger.serialize()
+    assert kwargs["first_poll_after"] == kwargs["poll_interval"] == 7.0
+
+
 async def test_deal_trigger_fires_when_won(connections):
     hook = PipedriveHook()
     classpath, kwargs = PipedriveDealTrigger(9, statuses=["won"], poll_interval=0.2, timeout=20).serialize()

@@ -12,7 +12,7 @@ from airflow_provider_crm.triggers.pipefy import PipefyCardPhaseTrigger, PipefyP
 TRIGGERS = [
     PipefyCardPhaseTrigger("42", ["3"], ["4"], "pf", poll_interval=5.0, timeout=60.0, first_poll_after=5.0),
     PipefyPhaseTrigger("3", 2, "2026-01-01T00:00:00Z", "pf", poll_interval=5.0, timeout=None),
-    PipedriveDealTrigger(7, ["2"], ["won"], "pd", poll_interval=5.0, timeout=30.0),
+    PipedriveDealTrigger(7, ["2"], ["won"], "pd", poll_interval=5.0, timeout=30.0, first_poll_after=5.0),
 ]
 
 
