@@ -208,7 +208,8 @@ class SyncTransport(PipedriveTransport):
         for attempt in (1, 2):
             # auth first: an OAuth refresh may move the base URL to the answer's api_domain
             headers = self.auth_headers(force_refresh=attempt == 2)
-            with self.limiter.request(kind=kind, cost=self.cost(call)):  # each attempt is a request
+            # each attempt is a request
+            with self.limiter.request(kind=kind, cost=self.cost(call), hold=2 * self.timeout):
                 resp = http.send(self.session, call.verb, self.url(call.version, call.path), what=call.what,
                                  service=SERVICE, timeout=self.timeout, params=call.params, json=call.json,
                                  headers=headers)
@@ -274,7 +275,8 @@ class AsyncTransport(PipedriveTransport):
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in (1, 2):
                 headers = await self.auth_headers(client, force_refresh=attempt == 2)
-                slot = await self.limiter.before_request_async(kind=kind, cost=self.cost(call))
+                slot = await self.limiter.before_request_async(kind=kind, cost=self.cost(call),
+                                                               hold=2 * self.timeout)
                 try:
                     resp = await http.asend(client, call.verb, self.url(call.version, call.path), what=call.what,
                                             service=SERVICE, headers=headers, params=call.params, json=call.json)

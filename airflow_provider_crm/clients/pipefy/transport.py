@@ -127,7 +127,7 @@ class PipefySyncTransport(PipefyTransportBase, Transport):
             return str(self._token)
 
     def limit(self, kind: str) -> Slot:
-        return self.limiter.before_request(kind=kind)
+        return self.limiter.before_request(kind=kind, hold=2 * self.timeout)
 
     def after(self, status: int, headers: Any, kind: str) -> None:
         self.limiter.after_response(status, headers, kind=kind)
@@ -193,7 +193,7 @@ class PipefyAsyncTransport(PipefyTransportBase, AsyncTransport):
             return str(self._token)
 
     async def limit(self, kind: str) -> Slot:
-        return await self.limiter.before_request_async(kind=kind)
+        return await self.limiter.before_request_async(kind=kind, hold=2 * self.timeout)
 
     async def after(self, status: int, headers: Any, kind: str) -> None:
         await asyncio.to_thread(self.limiter.after_response, status, headers, kind=kind)

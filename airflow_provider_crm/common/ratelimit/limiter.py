@@ -43,9 +43,10 @@ from airflow_provider_crm.common.ratelimit.stores import (
 
 log = logging.getLogger(__name__)
 
-# The longest a slot is held for a request without an answer: a process killed mid-request frees its
-# slots after this. Longer than any request's timeout, so a live request's slot never lapses first
-# (and if it did, its answer counts it again).
+# How long a slot is held for a request without an answer, unless the caller says (transports pass twice
+# their timeout: connecting, then waiting for the first byte of an answer the server sends only after
+# counting the request), plus the window: a process killed mid-request frees its slots after this.
+# Were a live request's hold to lapse, its answer would count it again.
 MAX_HOLD_S = 300.0
 QUOTA_WARNING_RATIO = 0.8
 
@@ -257,7 +258,7 @@ class RateLimiter:
         return {a.name: {"used": self._allowance_used(a), "limit": self._limit(a)} for a in self.allowances}
 
     # -- windows --------------------------------------------------------------------------------------
-    def _try_windows(self, kind: str) -> tuple[float, Slot | None, str]:
+    def _try_windows(self, kind: str, hold: float | None = None) -> tuple[float, Slot | None, str]:
         """Hold a slot in every window this kind counts in: (0, the slot, "") or (seconds to wait, None,
         reason). All or none: a window that refuses gives back the slots already held."""
         blocked = self._blocked_for()
@@ -266,7 +267,8 @@ class RateLimiter:
             return blocked, None, f"paused: {self.BLOCK_REASONS.get(code, 'the service asked to slow down')}"
         slot = Slot(tuple((self._window_keys[w.name], float(w.seconds)) for w in self.windows if kind in w.kinds))
         for index, window in enumerate(w for w in self.windows if kind in w.kinds):
-            wait = self.store.take_slot(slot.windows[index][0], slot.id, window.limit, window.seconds, MAX_HOLD_S)
+            wait = self.store.take_slot(slot.windows[index][0], slot.id, window.limit, window.seconds,
+                                        (MAX_HOLD_S if hold is None else hold) + window.seconds)
             if wait > 0:
                 for key, _ in slot.windows[:index]:
                     self.store.drop_slot(key, slot.id)
@@ -286,8 +288,8 @@ class RateLimiter:
         """How many requests count in one of this token's windows now (held or answered): for tests."""
         return self.store.slots_counting(self._window_keys[window])
 
-    def _next_wait(self, kind: str, waited: float) -> tuple[float, Slot | None]:
-        wait, slot, reason = self._try_windows(kind)
+    def _next_wait(self, kind: str, waited: float, hold: float | None) -> tuple[float, Slot | None]:
+        wait, slot, reason = self._try_windows(kind, hold)
         if slot is not None:
             return 0.0, slot
         if waited + wait > self.max_wait:
@@ -296,15 +298,16 @@ class RateLimiter:
         log.info("%s rate limit: waiting %.2fs (%s)", self.service, wait, reason)
         return wait, None
 
-    def before_request(self, kind: str = "read", cost: int = 1) -> Slot:
+    def before_request(self, kind: str = "read", cost: int = 1, hold: float | None = None) -> Slot:
         """Block until the request may go; spend quotas; return its slot, for :meth:`release` when the
-        answer is in (a slot never released counts for ``MAX_HOLD_S``). Raises instead of waiting too
-        long; a request that does not go (a refusal, a wait too long) gives its quotas back."""
+        answer is in (a slot never released counts for ``hold`` seconds, default ``MAX_HOLD_S``, and a
+        window). Raises instead of waiting too long; a request that does not go (a refusal, a wait too
+        long) gives its quotas back."""
         spent = self._spend(kind, cost)
         try:
             waited = 0.0
             while True:
-                wait, slot = self._next_wait(kind, waited)
+                wait, slot = self._next_wait(kind, waited, hold)
                 if slot is not None:
                     break
                 time.sleep(wait)
@@ -315,13 +318,13 @@ class RateLimiter:
         self.stats.requests += 1
         return slot
 
-    async def before_request_async(self, kind: str = "read", cost: int = 1) -> Slot:
+    async def before_request_async(self, kind: str = "read", cost: int = 1, hold: float | None = None) -> Slot:
         """As :meth:`before_request`, without blocking the event loop (store I/O runs in a thread)."""
         spent = await asyncio.to_thread(self._spend, kind, cost)
         try:
             waited = 0.0
             while True:
-                wait, slot = await asyncio.to_thread(self._next_wait, kind, waited)
+                wait, slot = await asyncio.to_thread(self._next_wait, kind, waited, hold)
                 if slot is not None:
                     break
                 await asyncio.sleep(wait)
@@ -333,9 +336,9 @@ class RateLimiter:
         return slot
 
     @contextmanager
-    def request(self, kind: str = "read", cost: int = 1) -> Iterator[Slot]:
+    def request(self, kind: str = "read", cost: int = 1, hold: float | None = None) -> Iterator[Slot]:
         """``before_request`` and, whatever happens in the block, ``release``: wrap the sending alone."""
-        slot = self.before_request(kind, cost)
+        slot = self.before_request(kind, cost, hold)
         try:
             yield slot
         finally:
