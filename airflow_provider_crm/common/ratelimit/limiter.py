@@ -385,6 +385,6 @@ def build_limiter(policy: LimitPolicy, token: str, *, store: str | None = None, 
     :param max_wait: longest wait sat out in-process; default ``[crm] max_rate_limit_wait``.
     :param conn_id: the connection, named in configuration errors (the store's included).
     """
-    with store_errors_named(conn_id or policy.service, store):  # the store and its buckets open here
+    with store_errors_named(conn_id or policy.service, store):  # the store opens here
         return RateLimiter(policy, token_digest(token), get_store(store),
                            max_wait=default_max_wait() if max_wait is None else max_wait)
