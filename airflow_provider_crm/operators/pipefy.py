@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cached_property, partial
@@ -365,9 +364,9 @@ class PipefyExportCardsOperator(_PipefyExportOperator):
     @tuned_for_export
     def execute(self, context: Any) -> dict[str, Any]:
         hook = self.hook
-        began = time.monotonic()
+        mark = hook.limiter.stats.answers_mark()
         pipe = hook.get_pipe(self.pipe_id)
-        latency = time.monotonic() - began
+        latency = hook.limiter.stats.latency_since(mark) or 0.0  # not the waits for the window
         window, watermark = self.plan(context)
         phase_list = [hook.resolve_phase(self.pipe_id, p) for p in self.phases] if self.phases else None
         if phase_list is None and window.start is None:

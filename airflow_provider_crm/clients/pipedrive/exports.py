@@ -5,7 +5,6 @@ columns the entity declares, and deleted / archived records marked."""
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -96,9 +95,12 @@ class RangeReader:
         info = entity_info(self.entity)
         if end is None or not (info.server_side_until and "sort_by" in info.filters):
             return start, self.slices  # as asked: an even split of an incremental range, else one stream
-        began = time.monotonic()
+        # the answers' latency, from each request's slot to its answer: a wait for the window (other
+        # tasks on the token) is not latency, and counting it would ask for more requests in flight
+        stats = self.client.transport.limiter.stats
+        mark = stats.answers_mark()
         firsts = [self._earliest(kind, start, end) for kind in self._kinds]
-        latency = (time.monotonic() - began) / len(firsts)
+        latency = stats.latency_since(mark) or 0.0
         known = [moment for moment in firsts if moment is not None]
         if not known:
             return start, 1  # nothing in the range: one reader confirms it

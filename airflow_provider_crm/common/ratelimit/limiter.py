@@ -68,7 +68,25 @@ class LimiterStats:
     rate_limited: int = 0
     requests: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    answers: int = 0  # requests whose slot was released (answered or failed) ...
+    answer_seconds: float = 0.0  # ... and their time from the slot to the answer: latency without waits
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def note_answer(self, seconds: float) -> None:
+        with self._lock:
+            self.answers += 1
+            self.answer_seconds += seconds
+
+    def answers_mark(self) -> tuple[int, float]:
+        """Where the answers stand now, for :meth:`latency_since`."""
+        return self.answers, self.answer_seconds
+
+    def latency_since(self, mark: tuple[int, float]) -> float | None:
+        """The mean time from slot to answer of the requests answered since ``mark`` (None if none
+        were): the latency to size concurrency by, without the waits for the window that other tasks
+        on the token cause."""
+        answered = self.answers - mark[0]
+        return (self.answer_seconds - mark[1]) / answered if answered > 0 else None
 
     def note_wait(self, seconds: float, reason: str) -> None:
         with self._lock:
@@ -93,6 +111,7 @@ class Slot:
 
     windows: tuple[tuple[str, float], ...]  # (store key, window seconds)
     id: str = field(default_factory=lambda: os.urandom(9).hex())
+    taken: float = field(default_factory=time.monotonic)
     released: bool = False
 
 
@@ -281,6 +300,7 @@ class RateLimiter:
         if slot is None or slot.released:
             return
         slot.released = True
+        self.stats.note_answer(time.monotonic() - slot.taken)
         for key, seconds in slot.windows:
             self.store.settle_slot(key, slot.id, seconds)
 

@@ -86,3 +86,19 @@ def test_request_that_waits_too_long_gives_its_quota_back():
     with pytest.raises(CrmWaitTooLongError):
         limiter.before_request(kind="write", cost=10)
     assert limiter.quota_status() == before
+
+
+def test_latency_is_measured_from_the_slot_to_the_answer_without_the_wait_for_the_window():
+    """Exports size their concurrency by the latency of their first requests; a wait for the window
+    (other tasks on the token) is not latency, and counting it asked for 8 slices on a 3-per-2-s plan."""
+    limiter = one_a_window("memory", "latency")
+    with limiter.request():
+        time.sleep(0.05)
+    mark = limiter.stats.answers_mark()
+    assert limiter.stats.latency_since(mark) is None
+    started = time.monotonic()
+    with limiter.request():  # waits about a window for the first slot to leave
+        time.sleep(0.05)
+    assert time.monotonic() - started >= WINDOW_S
+    latency = limiter.stats.latency_since(mark)
+    assert latency is not None and 0.04 <= latency < 0.2
