@@ -365,6 +365,20 @@ class RateLimiter:
             self.release(slot)
 
     # -- listening to answers -------------------------------------------------------------------------
+    def _full_window_is_ours(self, kind: str, stated_limit: float | None) -> bool:
+        """Whether the server's full window (its stated limit reached) holds only what our own window
+        counts. Ours counts every request of ours the server still counts (slots count from the
+        answer, and this request's is already settled), so when our window of the same limit is full
+        too, the server's full window may be all ours and the limiter already waits as long as a pause
+        would; when ours is not full, or keeps a margin under the server's limit, someone else spends
+        the token."""
+        if not stated_limit:
+            return False
+        for window in self.windows:
+            if kind in window.kinds and window.limit == int(stated_limit):
+                return self.counting(window.name) >= window.limit
+        return False
+
     def after_response(self, status: int, headers: Mapping[str, str], kind: str = "read") -> None:
         """Reconcile with what the server says: a 429, and what its headers state (read by the policy)."""
         signals = self.policy.read_headers({k.lower(): v for k, v in headers.items()})
@@ -374,11 +388,9 @@ class RateLimiter:
             self.block(reset or self.block_seconds, f"HTTP 429 from {self.service}")
             return
         remaining = signals.remaining
-        if remaining is not None and remaining < 1 and reset:
-            # The server's window is full although ours keeps 5 % free: another client spends this
+        if remaining is not None and remaining < 1 and reset and not self._full_window_is_ours(kind, signals.limit):
+            # The server's window is full and not with our requests alone: another client spends this
             # token too. Pause everyone until it resets (a reset is relative seconds, not an epoch).
-            # At 1 left it is our own full window (19 of 20): pausing there cost a fifth of a 20-per-2-s
-            # plan's throughput, measured.
             self.block(min(reset, 60.0), f"x-ratelimit-remaining is {remaining:.0f}")
         for allowance in self.allowances:
             left = signals.left.get(allowance.name)

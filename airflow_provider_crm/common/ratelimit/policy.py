@@ -56,6 +56,7 @@ class Signals:
 
     reset: float | None = None
     remaining: float | None = None
+    limit: float | None = None  # the window's limit, as the server states it
     left: Mapping[str, float] = field(default_factory=dict)
     stated: Mapping[str, int] = field(default_factory=dict)
 
@@ -92,7 +93,8 @@ class LimitPolicy:
         ``x-ratelimit-reset`` / ``retry-after`` and ``x-ratelimit-remaining``; a service whose answers
         state more (budgets left) extends it."""
         return Signals(reset=number(headers.get("x-ratelimit-reset")) or number(headers.get("retry-after")),
-                       remaining=number(headers.get("x-ratelimit-remaining")))
+                       remaining=number(headers.get("x-ratelimit-remaining")),
+                       limit=number(headers.get("x-ratelimit-limit")))
 
 
 def scaled(limit: int, safety: float) -> int:

@@ -31,13 +31,15 @@ def windows(limiter):
 
 @pytest.mark.parametrize(
     ("plan", "auth", "burst"),
-    [("lite", "token", 19), ("essential", "token", 19), ("growth", "oauth", 152), ("professional", "token", 95),
-     ("ultimate", "oauth", 456)],
+    [("lite", "token", 20), ("essential", "token", 20), ("growth", "oauth", 160), ("professional", "token", 100),
+     ("ultimate", "oauth", 480)],
 )
-def test_pipedrive_burst_by_plan_and_auth_type_with_safety_margin(plan, auth, burst):
+def test_pipedrive_burst_by_plan_and_auth_type_whole_window(plan, auth, burst):
     limiter = build_limiter(pipedrive_policy(plan, auth_type=auth), f"t-{plan}-{auth}", store="memory")
     assert windows(limiter)["burst"] == (burst, 2)
-    assert windows(limiter)["search"] == (9, 2)
+    assert windows(limiter)["search"] == (10, 2)
+    kept = build_limiter(pipedrive_policy(plan, auth_type=auth, safety=0.95), f"t-{plan}-{auth}-95", store="memory")
+    assert windows(kept)["burst"] == (int(burst * 0.95), 2)
 
 
 def test_pipedrive_daily_budget_from_plan_and_seats():

@@ -67,19 +67,19 @@ def test_a_request_that_is_never_answered_frees_its_slot_after_its_hold_and_a_wi
 
 def test_a_refusing_window_gives_back_the_slots_held_in_the_others(store):
     limiter = build_limiter(pipedrive_policy("lite"), f"search-{time.time_ns()}", store=store)
-    for _ in range(9):  # the search window: 9 of 10 per 2 s
+    for _ in range(10):  # the search window: 10 per 2 s
         with limiter.request(kind="search"):
             pass
     wait, slot, reason = limiter._try_windows("search")
     assert slot is None and reason.startswith("search")
-    assert limiter.counting("burst") == 9  # the refused search's burst slot was dropped
+    assert limiter.counting("burst") == 10  # the refused search's burst slot was dropped
     with limiter.request(kind="read"):
-        assert limiter.counting("burst") == 10
+        assert limiter.counting("burst") == 11
 
 
 def test_request_that_waits_too_long_gives_its_quota_back():
     limiter = build_limiter(pipedrive_policy("lite"), "slots-refund", store="memory", max_wait=0.01)
-    for _ in range(19):
+    for _ in range(20):
         with limiter.request(kind="write", cost=10):
             pass
     before = limiter.quota_status()
@@ -102,3 +102,28 @@ def test_latency_is_measured_from_the_slot_to_the_answer_without_the_wait_for_th
     assert time.monotonic() - started >= WINDOW_S
     latency = limiter.stats.latency_since(mark)
     assert latency is not None and 0.04 <= latency < 0.2
+
+
+def test_a_full_server_window_pauses_only_when_it_is_not_all_ours():
+    """Pipedrive uses its whole window: the answer that fills the server's window says remaining 0, and
+    when our own window is full too the limiter already waits as long as a pause would. A full server
+    window beside a window of ours that is not full means another client spends the token: pause."""
+    full = {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"}
+    ours = build_limiter(pipedrive_policy("lite"), f"ours-{time.time_ns()}", store="memory")
+    for _ in range(20):
+        with ours.request():
+            pass
+    ours.after_response(200, full)  # the 20th answer
+    assert ours._blocked_for() == 0
+    shared = build_limiter(pipedrive_policy("lite"), f"shared-{time.time_ns()}", store="memory")
+    for _ in range(15):
+        with shared.request():
+            pass
+    shared.after_response(200, full)
+    assert shared._blocked_for() > 1
+    margin = build_limiter(pipedrive_policy("lite", safety=0.95), f"margin-{time.time_ns()}", store="memory")
+    for _ in range(19):
+        with margin.request():
+            pass
+    margin.after_response(200, full)  # 19 of ours cannot fill a window of 20
+    assert margin._blocked_for() > 1
