@@ -192,9 +192,10 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         return summary
 
 
-# Past 8 readers an export gains nothing on a 2-core worker and holds more pages in memory: measured
-# at 200,000 deals on Ultimate, 23 readers gave 8,900 deals/s at 218 MB, 4 gave 11,800/s at 162 MB
-MAX_SLICES = 8
+# Readers at most: each holds up to two pages (one in flight, one read). 200,000 deals on Ultimate,
+# 2026-12-02 (docs/performance.md): at 400 ms per answer 8 readers took 21.6 s, 12 took 14.7 s at
+# 182 MB, 16 took 11.5 s at 192 MB; at 100 ms 12 took 7.2 s at 191 MB and 16 went past 200 MB
+MAX_SLICES = 12
 
 
 class PipedriveExportOperator(_PipedriveOperator):
