@@ -70,6 +70,12 @@ class CrmSensor(BaseSensorOperator):
         """``poll_interval`` and ``timeout`` for a trigger, from the sensor's own settings."""
         return {"poll_interval": _seconds(self.poke_interval) or 60.0, "timeout": _seconds(self.timeout) or None}
 
+    def first_poll_after(self) -> float:
+        """Seconds before a trigger's first poll: a poke interval when the sensor has just checked itself
+        (``check_before_deferring``): an immediate poll would repeat that read, and a wait over within a
+        second of deferring can race Airflow 3.3.2's scheduler into failing the resumed task."""
+        return float(self.trigger_timing()["poll_interval"]) if self.check_before_deferring else 0.0
+
     def execute(self, context: Any) -> Any:
         self.prepare(context)
         if not self.deferrable:

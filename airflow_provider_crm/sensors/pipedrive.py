@@ -77,11 +77,9 @@ class PipedriveDealSensor(CrmSensor):
         return info if state == "success" else None
 
     def trigger(self, context: Any) -> PipedriveDealTrigger:
-        timing = self.trigger_timing()
-        # the deal was read just now (check_before_deferring): the trigger's first poll waits a round
         return PipedriveDealTrigger(int(self.deal_id), [str(s) for s in self.stage_ids], list(self.statuses),
-                                    self.pipedrive_conn_id, **timing,
-                                    first_poll_after=timing["poll_interval"] if self.check_before_deferring else 0.0)
+                                    self.pipedrive_conn_id, **self.trigger_timing(),
+                                    first_poll_after=self.first_poll_after())
 
     def event_result(self, event: dict[str, Any]) -> dict[str, Any] | None:
         if event.get("status") == "failure":

@@ -91,10 +91,8 @@ class PipefyCardPhaseSensor(CrmSensor):
     def trigger(self, context: Any) -> PipefyCardPhaseTrigger:
         targets, failures = self._phases if self._phases is not None else self._phase_ids(self._card())
         self.log.info("Deferring until card %s reaches %s", self.card_id, self.target_phases)
-        timing = self.trigger_timing()
-        # the card was read just now (check_before_deferring): the trigger's first poll waits a round
-        return PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id, **timing,
-                                      first_poll_after=timing["poll_interval"] if self.check_before_deferring else 0.0)
+        return PipefyCardPhaseTrigger(str(self.card_id), targets, failures, self.pipefy_conn_id, **self.trigger_timing(),
+                                      first_poll_after=self.first_poll_after())
 
     def event_result(self, event: dict[str, Any]) -> dict[str, Any] | None:
         status = event.get("status")
