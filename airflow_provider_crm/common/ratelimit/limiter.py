@@ -284,8 +284,9 @@ class RateLimiter:
         if blocked > 0:
             code = self.store.get(self._value_key("block_reason"))
             return blocked, None, f"paused: {self.BLOCK_REASONS.get(code, 'the service asked to slow down')}"
-        slot = Slot(tuple((self._window_keys[w.name], float(w.seconds)) for w in self.windows if kind in w.kinds))
-        for index, window in enumerate(w for w in self.windows if kind in w.kinds):
+        windows = [w for w in self.windows if kind in w.kinds]
+        slot = Slot(tuple((self._window_keys[w.name], float(w.seconds)) for w in windows))
+        for index, window in enumerate(windows):
             wait = self.store.take_slot(slot.windows[index][0], slot.id, window.limit, window.seconds,
                                         (MAX_HOLD_S if hold is None else hold) + window.seconds)
             if wait > 0:
