@@ -65,6 +65,7 @@ def start_sandbox(args: list[str], latency_ms: float) -> tuple[subprocess.Popen,
 def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
     latency_ms = s.latency_ms if s.latency_ms is not None else latency_ms
     sandbox, info = start_sandbox(s.sandbox_args, latency_ms)
+    sandbox_cpu_s = -process_cpu_seconds(sandbox.pid)  # what it used from here: its start-up prerenders pages
     try:
         base = {"pipefy_url": info["pipefy_url"], "pipefy_token": next(iter(info["pipefy_tokens"])),
                 "pipedrive_url": info["pipedrive_url"], "pipedrive_token": next(iter(info["pipedrive_tokens"])),
@@ -92,6 +93,7 @@ def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
             results.append(json.loads(out.strip().splitlines()[-1]))
         with urllib.request.urlopen(info["control_url"] + "/counters") as resp:
             counters = json.load(resp)
+        sandbox_cpu_s += process_cpu_seconds(sandbox.pid)
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)
@@ -121,7 +123,18 @@ def run_scenario(s: Scenario, latency_ms: float) -> dict[str, Any]:
         "waits": sum(r["waits"] for r in results),
         "http_429": sum(counters["rate_limited"].values()),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "client_cpu_s": sum(r.get("cpu_s", 0.0) for r in results),
+        "sandbox_cpu_s": sandbox_cpu_s,
     }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc), 0 where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scenarios(full_size: bool) -> list[Scenario]:
@@ -219,8 +232,9 @@ def scenarios(full_size: bool) -> list[Scenario]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| scenario | latency ms | records | seconds | records/s | plan ceiling/s | achieved / plan | "
-             "ceiling/s | achieved / ceiling | binding | requests | waits | 429s | duplicates | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ceiling/s | achieved / ceiling | binding | requests | waits | 429s | duplicates | peak RSS MB | "
+             "client CPU s | sandbox CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         plan = (f"{r['plan_ceiling_per_s']:,.0f} | {r['plan_ratio']:.2f}" if r.get("plan_ratio") is not None
                 else "- | -")
@@ -228,7 +242,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['scenario']} | {r['latency_ms']:.0f} | {r['records']:,} | {r['seconds']:.1f} | "
                      f"{r['records_per_s']:,.0f} | {plan} | {r['ceiling_per_s']:,.0f} | {r['ratio']:.2f} | "
                      f"{r['binding']} | {r['requests']:,} | {r['waits']} | {r['http_429']} | {dups} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['client_cpu_s']:.1f} | {r['sandbox_cpu_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -247,7 +261,8 @@ def main() -> int:
         row = run_scenario(s, args.latency_ms)
         rows.append(row)
         print(f"  {row['records']:,} records in {row['seconds']:.1f}s = {row['ratio']:.2f} of ceiling, "
-              f"{row['http_429']} x 429, {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"{row['http_429']} x 429, {row['peak_rss_mb']:.0f} MB, CPU client {row['client_cpu_s']:.1f} s, "
+              f"sandbox {row['sandbox_cpu_s']:.1f} s", flush=True)
     out = table(rows)
     print()
     print(out)

@@ -115,10 +115,13 @@ def main() -> None:
     import airflow_provider_crm.operators.pipefy  # noqa: F401
     if args.get("start_at"):
         time.sleep(max(0.0, args["start_at"] - time.time()))
-    started = time.monotonic()
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
     result = SCENARIOS[name](args)
     result["seconds"] = result.pop("stopped", time.monotonic()) - started
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    # the job's own CPU (threads included), not the imports before the clock
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
     print(json.dumps(result), flush=True)
 
 

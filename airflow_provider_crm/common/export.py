@@ -63,7 +63,8 @@ class ExportWriter:
         self.raw = raw
         self.fmt = fmt
         self.count = 0
-        # object-store streams are proxies: one write per ~256 KB instead of one per record
+        # object-store streams are proxies: one write per ~256 KB instead of one per record; each
+        # pending block is one or more whole lines, newlines included
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._fieldnames = list(fieldnames) if fieldnames else None
@@ -81,9 +82,9 @@ class ExportWriter:
             if self._spool is not None:
                 for key in record.keys() - self._columns.keys():
                     self._columns[key] = None
-            line = jsoncodec.dumps(record)
+            line = jsoncodec.dumps(record) + b"\n"
             self._pending.append(line)
-            self._pending_size += len(line) + 1
+            self._pending_size += len(line)
             if self._pending_size > 262_144:
                 self._flush_lines()
         else:
@@ -96,10 +97,10 @@ class ExportWriter:
             for record in records:
                 self.write(record)
             return
-        lines = [jsoncodec.dumps(record) for record in records]
-        self._pending.extend(lines)
-        self._pending_size += sum(map(len, lines)) + len(lines)
-        self.count += len(lines)
+        block = jsoncodec.dumps_lines(records)  # one call for the page: no Python step per record
+        self._pending.append(block)
+        self._pending_size += len(block)
+        self.count += len(records)
         if self._pending_size > 262_144:
             self._flush_lines()
 
@@ -119,8 +120,7 @@ class ExportWriter:
 
     def _flush_lines(self) -> None:
         if self._pending:
-            self._pending.append(b"")  # the last line's newline
-            (self._spool or self.raw).write(b"\n".join(self._pending))
+            (self._spool or self.raw).write(b"".join(self._pending))
             self._pending.clear()
             self._pending_size = 0
 

@@ -6,7 +6,7 @@ library; at hundreds of records per page the standard encoder was a third of an 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -41,6 +41,14 @@ _items_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
 _shallow_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _shallow_list_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]] | None)
 _encoder = msgspec.json.Encoder(enc_hook=_encode_other)
+
+
+class _UpdateTime(msgspec.Struct):
+    update_time: Any = None
+
+
+# every other key of a record is skipped by the parser without building anything
+_update_times_decoder = msgspec.json.Decoder(list[_UpdateTime] | None)
 
 
 def loads(data: bytes | str | msgspec.Raw) -> Any:
@@ -78,6 +86,11 @@ def shallow_items(data: bytes | msgspec.Raw, decoded: frozenset[str]) -> list[di
     return records
 
 
+def update_times(data: bytes | msgspec.Raw) -> list[Any]:
+    """The ``update_time`` of each object of a JSON array (None where it has none), nothing else decoded."""
+    return [item.update_time for item in _update_times_decoder.decode(data) or ()]
+
+
 def shallow_object(value: Any) -> Any:
     """A JSON object kept raw, as a dict of its keys to raw values (anything else decoded)."""
     if isinstance(value, msgspec.Raw):
@@ -96,3 +109,8 @@ def decoded(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON (non-ASCII kept as is); dates as ISO 8601, decimals as strings."""
     return _encoder.encode(value)
+
+
+def dumps_lines(values: Iterable[Any]) -> bytes:
+    """JSON Lines: each of ``values`` as :func:`dumps` writes it, each line ending in a newline."""
+    return _encoder.encode_lines(values)

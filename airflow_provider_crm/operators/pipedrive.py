@@ -192,10 +192,11 @@ class PipedriveUpsertOperator(_PipedriveOperator):
         return summary
 
 
-# Readers at most: each holds up to two pages (one in flight, one read). 200,000 deals on Ultimate,
-# 2026-12-02 (docs/performance.md): at 400 ms per answer 8 readers took 21.6 s, 12 took 14.7 s at
-# 182 MB, 16 took 11.5 s at 192 MB; at 100 ms 12 took 7.2 s at 191 MB and 16 went past 200 MB
-MAX_SLICES = 12
+# Readers at most. Each holds up to three pages (one in flight, one read ahead, one waiting for the
+# writer), kept as the answers' JSON text (RawPage: 0.56 MB for 500 deals, 1.6 MB decoded). 200,000
+# deals on Ultimate at 400 ms per answer, 2026-12-02 (docs/performance.md): 12 readers of decoded
+# pages took 14.7 s at 182 MB; of JSON text, 20 took 10.8 s and 24 took 9.7 s, both at 187-189 MB
+MAX_SLICES = 24
 # Readers per request the plan's rate keeps in flight at the measured latency. A quarter more than the
 # rate needs: the burst at the start goes in about a window, and at 100 ms Ultimate gets 8 readers,
 # where 12 were no faster (7.7-8.3 s either way) and held 20 MB more
@@ -230,7 +231,7 @@ class PipedriveExportOperator(_PipedriveOperator):
     :param option_labels: option ids as labels.
     :param slices: time slices read in parallel. By default (None) the export chooses: it measures
         the API's latency with one request and keeps enough requests in flight for the plan's rate
-        (at most 8), full exports included; the rate limiter holds the pace either way. A number
+        (at most :data:`MAX_SLICES`), full exports included; the rate limiter holds the pace either way. A number
         reads that many slices.
         A slice that finishes early takes over half of the busiest one's remainder (v2 entities with
         ``updated_until``; other entities are read as one stream unless ``slices`` asks for an even

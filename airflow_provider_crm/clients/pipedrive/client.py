@@ -23,6 +23,7 @@ from airflow_provider_crm.clients.pipedrive.pagination import Pages
 from airflow_provider_crm.clients.pipedrive.transport import AsyncTransport, Call, SyncTransport
 from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.errors import CrmInputError
+from airflow_provider_crm.common.rawpage import RawPage
 from airflow_provider_crm.common.readahead import read_ahead
 from airflow_provider_crm.common.retry import call_with_retries
 
@@ -204,17 +205,27 @@ class PipedriveClient(PipedriveApi):
         if pages.kind == "none":
             yield list(self.request("GET", pages.version, pages.path, params=pages.params or None).get("data") or [])
             return
+        check = pages.check()
+        for answer in self._answers(pages):
+            items = (list(jsoncodec.iter_items(answer.data)) if pages.shallow is None
+                     else jsoncodec.shallow_items(answer.data, pages.shallow))
+            yield list(check.page(items)) if check else items
 
+    def raw_pages(self, pages: Pages) -> Iterator[RawPage]:
+        """The pages of a cursor list as their JSON text (:class:`RawPage`), the next page requested while
+        this one is consumed. (Offset pages overlap, and dropping the repeats needs them decoded.)"""
+        if pages.kind != "cursor":
+            raise ValueError(f"{pages.what}: raw pages are read from cursor lists only, not {pages.kind!r} ones")
+        for answer in self._answers(pages):
+            yield RawPage(answer.data)
+
+    def _answers(self, pages: Pages) -> Iterator[jsoncodec.Envelope]:
         def fetch(params: dict[str, Any]) -> jsoncodec.Envelope:
             call = Call("GET", pages.version, pages.path, params)
             return call_with_retries(lambda: self.transport.request_once(call, lazy=True), idempotent=True,
                                      description=call.label, stats=self.transport.limiter.stats)
 
-        check = pages.check()
-        for answer in read_ahead(fetch, pages.first(), lambda params, page: pages.following(params, page.additional_data)):
-            items = (list(jsoncodec.iter_items(answer.data)) if pages.shallow is None
-                     else jsoncodec.shallow_items(answer.data, pages.shallow))
-            yield list(check.page(items)) if check else items
+        yield from read_ahead(fetch, pages.first(), lambda params, page: pages.following(params, page.additional_data))
 
     def paginate(self, version: str, path: str, params: dict[str, Any] | None = None, page_size: int = MAX_PAGE,
                  style: str | None = None) -> Iterator[dict[str, Any]]:
@@ -229,6 +240,10 @@ class PipedriveClient(PipedriveApi):
                           **filters: Any) -> Iterator[list[dict[str, Any]]]:
         """:meth:`iter_records` a page at a time."""
         return self.page_lists(self.records_pages(entity, archived=archived, shallow=shallow, **filters))
+
+    def iter_record_raw_pages(self, entity: str, *, archived: bool = False, **filters: Any) -> Iterator[RawPage]:
+        """:meth:`iter_records` a page at a time, each kept as JSON text (v2 cursor lists)."""
+        return self.raw_pages(self.records_pages(entity, archived=archived, **filters))
 
     def iter_mail_threads(self, folder: str = "inbox") -> Iterator[dict[str, Any]]:
         return self.pages(self.mail_pages(folder))

@@ -15,6 +15,7 @@ from airflow_provider_crm.clients.pipedrive.entities import MAX_PAGE, entity_inf
 from airflow_provider_crm.clients.pipedrive.fields import FieldMap
 from airflow_provider_crm.clients.pipedrive.slicing import Slice, fetch_balanced_pages
 from airflow_provider_crm.common.fanin import chunks, merge_parallel
+from airflow_provider_crm.common.rawpage import RawPage
 
 # what RangeReader, unique_ids and mark() read of a record; with ``shallow`` the rest is left undecoded
 SHALLOW_KEYS = frozenset({"id", "update_time", "is_deleted", "is_archived", "status"})
@@ -136,9 +137,11 @@ class RangeReader:
                                                 **self.filters(start, end, "deleted"))
 
     def pages(self, start: datetime | None, end: datetime | None) -> Iterator[list[dict[str, Any]]]:
-        """:meth:`records` a page (a list) at a time: what exports write from."""
-        if self._balanced(start, end):
-            yield from self._balanced_pages(start, end)  # type: ignore[arg-type]
+        """:meth:`records` a page (a list) at a time: what exports write from. Balanced slices wait as
+        JSON text between the readers and here (:class:`RawPage`), and are decoded in the caller's thread."""
+        if start is not None and end is not None and self._balanced(start, end):
+            for page in self._balanced_pages(start, end):
+                yield page.records(self.shallow) if isinstance(page, RawPage) else page
         else:
             yield from chunks(self.records(start, end), MAX_PAGE)
 
@@ -148,7 +151,7 @@ class RangeReader:
             yield from self._slice_records(start, end)
             return
         if self._balanced(start, end):
-            for page in self._balanced_pages(start, end):
+            for page in self.pages(start, end):
                 yield from page
             return
         step = (end - start) / self.slices
@@ -166,20 +169,27 @@ class RangeReader:
         return (self.slices > 1 and start is not None and end is not None and info.server_side_until
                 and "sort_by" in info.filters)
 
-    def _balanced_pages(self, start: datetime, end: datetime) -> Iterator[list[dict[str, Any]]]:
-        """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py)."""
+    def _balanced_pages(self, start: datetime, end: datetime) -> Iterator[RawPage | list[dict[str, Any]]]:
+        """The interval in ``slices`` parallel time slices, rebalanced as they run (clients/pipedrive/slicing.py):
+        :class:`RawPage` pages when the reader is shallow, else lists of records."""
         kinds = self._kinds
         first, last = int(start.timestamp()), int(end.timestamp())
         step = (last - first) / self.slices
         cuts = [first + round(step * i) for i in range(self.slices)] + [last]
         slices = [Slice(kind, a, b) for kind in kinds for a, b in itertools.pairwise(cuts) if b > a]
 
-        def fetch(kind: str, a: int, b: int) -> Iterator[list[dict[str, Any]]]:
+        def fetch(kind: str, a: int, b: int) -> Iterator[RawPage] | Iterator[list[dict[str, Any]]]:
             filters = self.filters(from_epoch(a), from_epoch(b), "deleted" if kind == "deleted" else None)
-            return self.client.iter_record_pages(self.entity, archived=kind == "archived", shallow=self.shallow,
-                                                 **filters)
+            if self.shallow is not None:
+                return self.client.iter_record_raw_pages(self.entity, archived=kind == "archived", **filters)
+            return self.client.iter_record_pages(self.entity, archived=kind == "archived", **filters)
 
-        yield from fetch_balanced_pages(fetch, update_epoch, slices, self.slices, min_split_records=2 * MAX_PAGE,
+        def positions(page: RawPage | list[dict[str, Any]]) -> list[int | None]:
+            if isinstance(page, RawPage):
+                return [epoch_of(moment) for moment in page.update_times()]
+            return [update_epoch(record) for record in page]
+
+        yield from fetch_balanced_pages(fetch, positions, slices, self.slices, min_split_records=2 * MAX_PAGE,
                                         page_size=MAX_PAGE, stats=self.stats)
 
 
@@ -259,5 +269,10 @@ def from_epoch(seconds: int) -> datetime:
 
 
 def update_epoch(record: dict[str, Any]) -> int | None:
-    moment = parse_update_time(record.get("update_time"))
+    return epoch_of(record.get("update_time"))
+
+
+def epoch_of(update_time: Any) -> int | None:
+    """An ``update_time`` (see :func:`parse_update_time`) in epoch seconds, None if it has none."""
+    moment = parse_update_time(update_time)
     return None if moment is None else int(moment.timestamp())

@@ -21,7 +21,8 @@ class FieldMap:
         self.standard_keys = {str(d.get("key")) for d in definitions if not _is_custom(d)}
         # decoding runs for every custom value of every exported record: look-ups, not scans
         self._names = {key: str(d["name"]) for key, d in self.by_key.items()}
-        self._labels = {key: {o["id"]: o["label"] for o in d.get("options") or []} for key, d in self.by_key.items()}
+        self._labels = {key: {o["id"]: o["label"] for o in d["options"]} for key, d in self.by_key.items()
+                        if d.get("options")}
         self._sets = {key for key, d in self.by_key.items() if d.get("field_type") == "set"}
 
     def key_for(self, name: str) -> str:
@@ -104,14 +105,17 @@ class FieldMap:
     def rename_record(self, record: dict[str, Any], labels: bool = True) -> dict[str, Any]:
         """Custom fields under their names (v2 ``custom_fields`` or v1 top-level hash keys)."""
         out = dict(record)
-        # values may be raw JSON text (exports read records shallowly): only labelled ones are decoded
-        values: dict[str, Any] = jsoncodec.shallow_object(out.pop("custom_fields", None)) or {}
-        top_level = self._names.keys() & out.keys()  # v1 answers put custom fields beside the standard ones
-        if top_level:
-            values = {**values, **{key: out.pop(key) for key in top_level}}
-        names, decode, labelled = self._names, self.decode, self._labels
+        # values may be raw JSON text (exports read records shallowly): only fields with options are
+        # decoded (to put labels in), the others are written back as they came
+        raw = out.pop("custom_fields", None)
+        values: dict[str, Any] = jsoncodec.shallow_object(raw) or {}
+        if raw is None:
+            top_level = self._names.keys() & out.keys()  # v1 answers put custom fields beside the standard ones
+            if top_level:
+                values = {**values, **{key: out.pop(key) for key in top_level}}
+        names, labelled = self._names, self._labels if labels else {}
         for key, value in values.items():
-            out[names.get(key, key)] = decode(key, jsoncodec.decoded(value)) if labels and key in labelled else value
+            out[names.get(key, key)] = self.decode(key, jsoncodec.decoded(value)) if key in labelled else value
         return out
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from airflow_provider_crm.common.fanin import drain_batches
 
-FetchPages = Callable[[Any, int, int], Iterator[list[dict[str, Any]]]]
+# a page is a list of records or a RawPage: anything that ``page[:n]`` cuts to its first n records
+FetchPages = Callable[[Any, int, int], Iterator[Any]]
 
 
 @dataclass
@@ -119,10 +120,10 @@ class SliceScheduler:
             self._cond.notify_all()
 
 
-def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, Any]], int | None],
+def fetch_balanced_pages(fetch_pages: FetchPages, positions: Callable[[Any], Sequence[int | None]],
                          slices: Sequence[Slice], workers: int, *, min_split_records: int = 2000,
                          max_buffered: int = 2000, page_size: int = 500,
-                         stats: dict[str, int] | None = None) -> Iterator[list[dict[str, Any]]]:
+                         stats: dict[str, int] | None = None) -> Iterator[Any]:
     """Yield the pages (lists of records) of every slice, fetched by ``workers`` threads, splitting
     slices as they run. Per record this costs no lock, queue or generator step: a slice accepts a
     whole page and is cut inside it at its moved end.
@@ -130,7 +131,8 @@ def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, 
     :param fetch_pages: ``fetch_pages(kind, start, end)`` yields the pages of ``[start, end)``, records
         in ascending update time (the request bounds; the iterator is abandoned when the slice is cut
         short).
-    :param position: a record's update time in epoch seconds (None if it has none).
+    :param positions: the update times of a page's records in epoch seconds (None where a record has
+        none), in order.
     :param slices: the initial slices.
     :param workers: threads fetching at once.
     :param min_split_records: smallest expected remainder worth a split.
@@ -152,10 +154,11 @@ def fetch_balanced_pages(fetch_pages: FetchPages, position: Callable[[dict[str, 
                     for page in pages:
                         if stop.is_set():
                             break
-                        kept = scheduler.accept_page(piece, [position(record) for record in page])
+                        times = positions(page)
+                        kept = scheduler.accept_page(piece, times)
                         if kept:
-                            out.put(page if kept == len(page) else page[:kept])
-                        if kept < len(page):
+                            out.put(page if kept == len(times) else page[:kept])
+                        if kept < len(times):
                             break  # the slice was cut short: the rest belongs to the piece split off
                         scheduler.progressed()
                 finally:

@@ -24,7 +24,8 @@ def _dataset(n: int, start: int, end: int, skew: float, seed: int = 7) -> list[d
 
 def fetch_balanced(fetch, position, slices, workers, *, page_size=250, **kwargs):
     """The records of fetch_balanced_pages, the fake API's records cut into pages of ``page_size``."""
-    pages = fetch_balanced_pages(lambda kind, a, b: chunks(fetch(kind, a, b), page_size), position, slices, workers,
+    pages = fetch_balanced_pages(lambda kind, a, b: chunks(fetch(kind, a, b), page_size),
+                                 lambda page: [position(record) for record in page], slices, workers,
                                  page_size=page_size, **kwargs)
     for page in pages:
         yield from page
