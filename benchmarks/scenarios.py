@@ -116,12 +116,17 @@ def main() -> None:
     if args.get("start_at"):
         time.sleep(max(0.0, args["start_at"] - time.time()))
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = SCENARIOS[name](args)
     result["seconds"] = result.pop("stopped", time.monotonic()) - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    # the job's own CPU (threads included), not the imports before the clock
-    result["cpu_s"] = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # an export's worker processes, once ended
+    # the job's own CPU (threads and worker processes included), not the imports before the clock
+    result["cpu_s"] = (usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+                       + children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime)
+    # the largest worker process's peak (its pages shared with the client when forked count in both)
+    result["workers_peak_rss_mb"] = children.ru_maxrss / 1024 if children.ru_maxrss > children_before.ru_maxrss else 0.0
     print(json.dumps(result), flush=True)
 
 

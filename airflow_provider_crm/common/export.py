@@ -104,6 +104,18 @@ class ExportWriter:
         if self._pending_size > 262_144:
             self._flush_lines()
 
+    def write_lines(self, block: bytes, count: int) -> None:
+        """Add ``count`` records already encoded as JSON Lines (``block`` ends with a newline); JSON Lines only."""
+        if self.fmt != "jsonl" or self._spool is not None:
+            raise ValueError("write_lines takes JSON Lines; a CSV export writes records")
+        if not block:
+            return
+        self._pending.append(block)
+        self._pending_size += len(block)
+        self.count += count
+        if self._pending_size > 262_144:
+            self._flush_lines()
+
     def _start_csv(self) -> csv.DictWriter:
         if self._csv is None:
             self._text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")

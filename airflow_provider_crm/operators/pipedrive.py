@@ -10,6 +10,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.clients.pipedrive.entities import entity_info
+from airflow_provider_crm.clients.pipedrive.export_lines import PageEncoder, spare_processes
 from airflow_provider_crm.clients.pipedrive.exports import RangeReader, declared_columns, mark
 from airflow_provider_crm.clients.pipedrive.fields import key_of
 from airflow_provider_crm.clients.pipedrive.upsert import PipedriveUpsertSteps, create_keyed
@@ -20,7 +21,7 @@ from airflow_provider_crm.common.progress import Progress, describe_limits, summ
 from airflow_provider_crm.common.rows import read_rows
 from airflow_provider_crm.common.upsert import UpsertReport
 from airflow_provider_crm.common.upsert_loop import run_upsert, upsert_workers
-from airflow_provider_crm.common.watermark import commit_export, plan_export
+from airflow_provider_crm.common.watermark import ExportWindow, WatermarkStore, commit_export, plan_export
 from airflow_provider_crm.hooks.pipedrive import PipedriveHook
 from airflow_provider_crm.links import PipedriveListLink, PipedriveRecordLink
 
@@ -231,7 +232,7 @@ class PipedriveExportOperator(_PipedriveOperator):
     :param option_labels: option ids as labels.
     :param slices: time slices read in parallel. By default (None) the export chooses: it measures
         the API's latency with one request and keeps enough requests in flight for the plan's rate
-        (at most :data:`MAX_SLICES`), full exports included; the rate limiter holds the pace either way. A number
+        (at most 24), full exports included; the rate limiter holds the pace either way. A number
         reads that many slices.
         A slice that finishes early takes over half of the busiest one's remainder (v2 entities with
         ``updated_until``; other entities are read as one stream unless ``slices`` asks for an even
@@ -273,11 +274,20 @@ class PipedriveExportOperator(_PipedriveOperator):
         window, watermark = plan_export(self, context, full=self.full, incremental=info.incremental,
                                         start=self.start, settle_seconds=self.settle_seconds,
                                         watermark_key=self.watermark_key)
-        start, end = window.start, window.end
+        end = window.end
         if end is not None and end > datetime.now(timezone.utc):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
+        # forked before any thread of this export starts (clients/pipedrive/export_lines.py)
+        processes = spare_processes() if self.fmt == "jsonl" and not window.empty else 0
+        with PageEncoder(processes, labels=self.option_labels, archived_too=self.include_archived) as encoder:
+            return self._export(context, window, watermark, encoder)
+
+    def _export(self, context: Any, window: ExportWindow, watermark: WatermarkStore, encoder: PageEncoder
+                ) -> dict[str, Any]:
+        info = entity_info(self.entity)
+        start, end = window.start, window.end
         limiter = self.hook.limiter
         reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
                              include_deleted=self.include_deleted, slices=self.slices or 1, shallow=True)
@@ -300,15 +310,29 @@ class PipedriveExportOperator(_PipedriveOperator):
                                        self.include_archived)
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
                                 owner=task_label(self, context)) as writer, reader:
-            for page in reader.pages(start, end) if not window.empty else ():
-                fmap, marked = reader.field_map(), []
-                for record in page:
-                    record, counted = mark(record, fmap, labels=self.option_labels, archived_too=self.include_archived)
-                    if counted != "records":
-                        counts[counted] += 1
-                    marked.append(record)
-                writer.write_many(marked)
-                progress.add(len(marked))
+            if self.fmt == "jsonl":
+                for page in reader.raw_pages(start, end) if not window.empty else ():
+                    for block, written, kinds in encoder.submit(page, reader.field_map()):
+                        writer.write_lines(block, written)
+                        progress.add(written)
+                        counts["deleted"] += kinds["deleted"]
+                        counts["archived"] += kinds["archived"]
+                for block, written, kinds in encoder.finish():
+                    writer.write_lines(block, written)
+                    progress.add(written)
+                    counts["deleted"] += kinds["deleted"]
+                    counts["archived"] += kinds["archived"]
+            else:
+                for page in reader.pages(start, end) if not window.empty else ():
+                    fmap, marked = reader.field_map(), []
+                    for record in page:
+                        record, counted = mark(record, fmap, labels=self.option_labels,
+                                               archived_too=self.include_archived)
+                        if counted != "records":
+                            counts[counted] += 1
+                        marked.append(record)
+                    writer.write_many(marked)
+                    progress.add(len(marked))
         counts["records"] = writer.count
         progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))

@@ -139,9 +139,14 @@ class RangeReader:
     def pages(self, start: datetime | None, end: datetime | None) -> Iterator[list[dict[str, Any]]]:
         """:meth:`records` a page (a list) at a time: what exports write from. Balanced slices wait as
         JSON text between the readers and here (:class:`RawPage`), and are decoded in the caller's thread."""
+        for page in self.raw_pages(start, end):
+            yield page.records(self.shallow) if isinstance(page, RawPage) else page
+
+    def raw_pages(self, start: datetime | None, end: datetime | None) -> Iterator[RawPage | list[dict[str, Any]]]:
+        """:meth:`pages`, those of balanced slices of a shallow reader left as :class:`RawPage` (records
+        as JSON text): decode them with ``page.records(SHALLOW_KEYS)``, where it suits."""
         if start is not None and end is not None and self._balanced(start, end):
-            for page in self._balanced_pages(start, end):
-                yield page.records(self.shallow) if isinstance(page, RawPage) else page
+            yield from self._balanced_pages(start, end)
         else:
             yield from chunks(self.records(start, end), MAX_PAGE)
 
