@@ -92,7 +92,9 @@ def read_body(resp: requests.Response, *, what: str, service: str) -> bytes:
     :raises CrmTransientApiError: with the answer's status when the body was cut short or undecodable.
     """
     try:
-        return resp.content
+        # one read of the whole body: .content reads it 10 KB at a time, a Python step each (a third
+        # of the CPU a 0.56 MB page of 500 deals costs to fetch)
+        return b"".join(resp.iter_content(chunk_size=None))
     except TRANSPORT_ERRORS as err:
         resp.close()
         raise _cut_short(f"{what}: {failure_text(err)} while reading the body of an HTTP {resp.status_code} answer",

@@ -213,6 +213,11 @@ class PipedriveExportOperator(_PipedriveOperator):
     range is half-open in whole seconds (``updated_since`` inclusive, ``updated_until`` exclusive), so
     consecutive runs neither miss nor repeat a record. Deleted deals can be added as tombstones.
 
+    A JSON Lines export of a v2 entity decodes, renames and encodes its pages in a worker process forked
+    from the task (at most two, one core left for fetching) where the machine has a core to spare and
+    the task's process may have children (not in a Celery prefork worker); elsewhere in the task's own
+    process. See docs/performance.md.
+
     :param entity: deals, persons, organizations, activities, products, leads, notes, pipelines, stages.
     :param path: target file (ObjectStoragePath or URL). Give each run its own file (for example
         ``.../{{ dag_run.run_after | ts_nodash }}.jsonl``): a run that overwrote an earlier run's file
@@ -279,22 +284,25 @@ class PipedriveExportOperator(_PipedriveOperator):
             # records updated between this export and `end` fall in this interval, not the next one
             self.log.warning("Data interval ends in the future (%s): records updated after this run but before "
                              "then will not be exported by any run; schedule exports after their interval", end)
-        # forked before any thread of this export starts (clients/pipedrive/export_lines.py)
-        processes = spare_processes() if self.fmt == "jsonl" and not window.empty else 0
-        with PageEncoder(processes, labels=self.option_labels, archived_too=self.include_archived) as encoder:
-            return self._export(context, window, watermark, encoder)
-
-    def _export(self, context: Any, window: ExportWindow, watermark: WatermarkStore, encoder: PageEncoder
-                ) -> dict[str, Any]:
-        info = entity_info(self.entity)
-        start, end = window.start, window.end
         limiter = self.hook.limiter
         reader = RangeReader(self.hook.client, self.entity, include_archived=self.include_archived,
                              include_deleted=self.include_deleted, slices=self.slices or 1, shallow=True)
+        start = window.start
         if not window.empty and self.slices is None:
             # as many requests in flight as the plan's rate needs at the latency just measured
             start, reader.slices = reader.plan(
                 start, end, lambda latency: limiter.in_flight(latency, MAX_SLICES, headroom=SLICE_HEADROOM))
+        # worker processes are forked here: after the plan's requests, before any thread of the export
+        # starts (clients/pipedrive/export_lines.py); only pages kept as JSON text go to them
+        raw = self.fmt == "jsonl" and not window.empty and reader.reads_raw_pages(start, end)
+        with PageEncoder(spare_processes() if raw else 0, labels=self.option_labels,
+                         archived_too=self.include_archived) as encoder:
+            return self._export(context, window, watermark, reader, start, encoder)
+
+    def _export(self, context: Any, window: ExportWindow, watermark: WatermarkStore, reader: RangeReader,
+                start: datetime | None, encoder: PageEncoder) -> dict[str, Any]:
+        info = entity_info(self.entity)
+        end, limiter = window.end, self.hook.limiter
         self.log.info("Exporting %s%s%s to %s (%s), %d slice(s)%s; rate limit: %s", self.entity,
                       " with deleted" if self.include_deleted else "", " and archived" if self.include_archived else "",
                       self.path, self.fmt, reader.slices, " (chosen for the plan's rate)" if self.slices is None else "",

@@ -167,6 +167,10 @@ class RangeReader:
         sources = [lambda a=a, b=b: self._slice_records(a, b) for a, b in bounds if b > a]
         yield from merge_parallel(sources, self.slices, max_buffered=2000)
 
+    def reads_raw_pages(self, start: datetime | None, end: datetime | None) -> bool:
+        """Whether :meth:`raw_pages` gives :class:`RawPage` pages for this range (shallow balanced slices)."""
+        return self.shallow is not None and self._balanced(start, end)
+
     def _balanced(self, start: datetime | None, end: datetime | None) -> bool:
         """Whether the range is read in rebalanced slices: several asked for, a bounded range, and an
         API that filters by ``updated_until`` and sorts by update time."""
