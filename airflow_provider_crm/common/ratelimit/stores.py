@@ -153,6 +153,11 @@ class FileStore(LimitStore):
                 "CREATE TABLE IF NOT EXISTS crm_slots (win TEXT NOT NULL, slot TEXT NOT NULL, until REAL NOT NULL, "
                 "PRIMARY KEY (win, slot))"
             )
+            # a window sweeps its own expired slots when it takes the next one; those of a token no
+            # longer used, and expired values, go here, when a process opens the file
+            now = time.time()
+            self._conn.execute("DELETE FROM crm_slots WHERE until <= ?", (now,))
+            self._conn.execute("DELETE FROM crm_values WHERE expires <= ?", (now,))
             self._conn.commit()
 
     @contextlib.contextmanager

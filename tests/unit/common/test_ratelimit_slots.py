@@ -4,14 +4,16 @@ machine). Windows here are short policies of their own, so the tests take a seco
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
 
 from airflow_provider_crm.clients.pipedrive.policy import pipedrive_policy
 from airflow_provider_crm.common.errors import CrmWaitTooLongError
-from airflow_provider_crm.common.ratelimit.limiter import MAX_HOLD_S, build_limiter
+from airflow_provider_crm.common.ratelimit.limiter import build_limiter
 from airflow_provider_crm.common.ratelimit.policy import ALL_KINDS, LimitPolicy, Window
+from airflow_provider_crm.common.ratelimit.stores import FileStore
 
 WINDOW_S = 0.4
 
@@ -62,7 +64,21 @@ def test_a_request_that_is_never_answered_frees_its_slot_after_its_hold_and_a_wi
     assert limiter.counting("burst") == 0
     with limiter.request():
         pass
-    assert MAX_HOLD_S >= 120  # the default outlasts any request's timeout
+
+
+def test_a_file_store_opened_later_forgets_the_expired_slots_of_tokens_no_longer_used(tmp_path):
+    def rows() -> int:
+        with sqlite3.connect(tmp_path / "crm-values.sqlite") as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM crm_slots").fetchone()[0])
+
+    with one_a_window(f"file://{tmp_path}", "abandoned").request():
+        pass
+    assert rows() == 1  # this token is never used again: no later slot of its window sweeps it
+    FileStore(tmp_path)  # a task opens the file while the slot still counts: kept
+    assert rows() == 1
+    time.sleep(WINDOW_S + 0.05)
+    FileStore(tmp_path)
+    assert rows() == 0
 
 
 def test_a_refusing_window_gives_back_the_slots_held_in_the_others(store):
