@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 # counting the request), plus the window: a process killed mid-request frees its slots after this.
 # Were a live request's hold to lapse, its answer would count it again.
 MAX_HOLD_S = 300.0
+# waits at least this long are logged at INFO as they start; shorter ones only at DEBUG
+LOGGED_WAIT_S = 1.0
 QUOTA_WARNING_RATIO = 0.8
 
 
@@ -316,7 +318,10 @@ class RateLimiter:
         if waited + wait > self.max_wait:
             raise CrmWaitTooLongError(reason, waited + wait, self.max_wait)
         self.stats.note_wait(wait, reason)
-        log.info("%s rate limit: waiting %.2fs (%s)", self.service, wait, reason)
+        # a job that keeps to the window waits hundreds of times for a fraction of a second: those go to
+        # the progress lines as totals (common/progress.py), a long wait to the task log as it starts
+        log.log(logging.INFO if wait >= LOGGED_WAIT_S else logging.DEBUG,
+                "%s rate limit: waiting %.2fs (%s)", self.service, wait, reason)
         return wait, None
 
     def before_request(self, kind: str = "read", cost: int = 1, hold: float | None = None) -> Slot:
