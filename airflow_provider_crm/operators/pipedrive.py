@@ -202,6 +202,15 @@ MAX_SLICES = 24
 # rate needs: the burst at the start goes in about a window, and at 100 ms Ultimate gets 8 readers,
 # where 12 were no faster (7.7-8.3 s either way) and held 20 MB more
 SLICE_HEADROOM = 1.25
+# Pages are encoded in a worker process (clients/pipedrive/export_lines.py) where the plan allows at
+# least this many requests a second: one process decodes about 50 pages of 500 deals a second beside its
+# fetching threads, and a plan of 10 a second (Lite) leaves it idle most of the time
+OFFLOAD_MIN_RATE = 30.0
+# ... and the export needs no more readers than this. A forked worker holds about 37 MB of its own (the
+# pages of the task's heap it writes to); with more readers the answers' latency, not the CPU, sets the
+# pace (200,000 deals at 400 ms on Ultimate: 9.3 s with a worker, 9.7 s without), and the memory goes to
+# the readers instead
+OFFLOAD_MAX_READERS = 12
 
 
 class PipedriveExportOperator(_PipedriveOperator):
@@ -213,10 +222,11 @@ class PipedriveExportOperator(_PipedriveOperator):
     range is half-open in whole seconds (``updated_since`` inclusive, ``updated_until`` exclusive), so
     consecutive runs neither miss nor repeat a record. Deleted deals can be added as tombstones.
 
-    A JSON Lines export of a v2 entity decodes, renames and encodes its pages in a worker process forked
-    from the task (at most two, one core left for fetching) where the machine has a core to spare and
-    the task's process may have children (not in a Celery prefork worker); elsewhere in the task's own
-    process. See docs/performance.md.
+    A JSON Lines export of a v2 entity on a plan of 30 requests a second or more (Premium, Ultimate,
+    OAuth apps) decodes, renames and encodes its pages in a worker process forked from the task (at most
+    two, one core left for fetching) where the machine has a core to spare, the task's process may have
+    children (not in a Celery prefork worker) and the answers are quick enough for 12 readers; elsewhere
+    in the task's own process. See docs/performance.md.
 
     :param entity: deals, persons, organizations, activities, products, leads, notes, pipelines, stages.
     :param path: target file (ObjectStoragePath or URL). Give each run its own file (for example
@@ -294,8 +304,10 @@ class PipedriveExportOperator(_PipedriveOperator):
                 start, end, lambda latency: limiter.in_flight(latency, MAX_SLICES, headroom=SLICE_HEADROOM))
         # worker processes are forked here: after the plan's requests, before any thread of the export
         # starts (clients/pipedrive/export_lines.py); only pages kept as JSON text go to them
-        raw = self.fmt == "jsonl" and not window.empty and reader.reads_raw_pages(start, end)
-        with PageEncoder(spare_processes() if raw else 0, labels=self.option_labels,
+        rate = limiter.rate("read") or 0.0
+        offload = (self.fmt == "jsonl" and not window.empty and reader.reads_raw_pages(start, end)
+                   and rate >= OFFLOAD_MIN_RATE and reader.slices <= OFFLOAD_MAX_READERS)
+        with PageEncoder(spare_processes() if offload else 0, labels=self.option_labels,
                          archived_too=self.include_archived) as encoder:
             return self._export(context, window, watermark, reader, start, encoder)
 

@@ -101,6 +101,7 @@ class PageEncoder:
                 self.processes = 0
             else:
                 self._pool = pool
+                log.info("Encoding export pages in %d worker process(es)", self.processes)
         return self
 
     def __exit__(self, *exc: object) -> None:

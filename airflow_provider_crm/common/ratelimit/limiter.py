@@ -145,10 +145,15 @@ class RateLimiter:
         and at most ``cap``. The default headroom of 4 drains a window's allowance in a quarter of the
         window, so a job of several windows waits on the plan alone, even with slower answers now and
         then. More than that only waits in the limiter."""
-        rates = [w.limit / w.seconds for w in self.windows if kind in w.kinds]
-        if not rates:
+        rate = self.rate(kind)
+        if rate is None:
             return max(1, cap)
-        return max(1, min(cap, math.ceil(min(rates) * max(0.0, latency_s) * headroom)))
+        return max(1, min(cap, math.ceil(rate * max(0.0, latency_s) * headroom)))
+
+    def rate(self, kind: str = "read") -> float | None:
+        """The tightest window's requests a second for ``kind`` (None: no window limits it)."""
+        rates = [w.limit / w.seconds for w in self.windows if kind in w.kinds]
+        return min(rates) if rates else None
 
     # -- shared values ------------------------------------------------------------------------------
     def _value_key(self, name: str) -> str:
