@@ -97,12 +97,7 @@ class ExportWriter:
             for record in records:
                 self.write(record)
             return
-        block = jsoncodec.dumps_lines(records)  # one call for the page: no Python step per record
-        self._pending.append(block)
-        self._pending_size += len(block)
-        self.count += len(records)
-        if self._pending_size > 262_144:
-            self._flush_lines()
+        self.write_lines(jsoncodec.dumps_lines(records), len(records))  # one call, no Python step per record
 
     def write_lines(self, block: bytes, count: int) -> None:
         """Add ``count`` records already encoded as JSON Lines (``block`` ends with a newline); JSON Lines only."""

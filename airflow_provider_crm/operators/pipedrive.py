@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_crm.clients.pipedrive.entities import entity_info
 from airflow_provider_crm.clients.pipedrive.export_lines import PageEncoder, spare_processes
-from airflow_provider_crm.clients.pipedrive.exports import RangeReader, declared_columns, mark
+from airflow_provider_crm.clients.pipedrive.exports import RangeReader, declared_columns, mark_page
 from airflow_provider_crm.clients.pipedrive.fields import key_of
 from airflow_provider_crm.clients.pipedrive.upsert import PipedriveUpsertSteps, create_keyed
 from airflow_provider_crm.common.context import emit_asset_event, push_link, task_label
@@ -304,9 +304,9 @@ class PipedriveExportOperator(_PipedriveOperator):
                 start, end, lambda latency: limiter.in_flight(latency, MAX_SLICES, headroom=SLICE_HEADROOM))
         # worker processes are forked here: after the plan's requests, before any thread of the export
         # starts (clients/pipedrive/export_lines.py); only pages kept as JSON text go to them
-        rate = limiter.rate("read") or 0.0
+        rate = limiter.rate("read")  # None: no window limits reads, the fastest plan of all
         offload = (self.fmt == "jsonl" and not window.empty and reader.reads_raw_pages(start, end)
-                   and rate >= OFFLOAD_MIN_RATE and reader.slices <= OFFLOAD_MAX_READERS)
+                   and (rate is None or rate >= OFFLOAD_MIN_RATE) and reader.slices <= OFFLOAD_MAX_READERS)
         with PageEncoder(spare_processes() if offload else 0, labels=self.option_labels,
                          archived_too=self.include_archived) as encoder:
             return self._export(context, window, watermark, reader, start, encoder)
@@ -331,28 +331,17 @@ class PipedriveExportOperator(_PipedriveOperator):
         with open_export_writer(self.path, self.fmt, fieldnames=self.fieldnames, columns=columns,
                                 owner=task_label(self, context)) as writer, reader:
             if self.fmt == "jsonl":
-                for page in reader.raw_pages(start, end) if not window.empty else ():
-                    for block, written, kinds in encoder.submit(page, reader.field_map()):
-                        writer.write_lines(block, written)
-                        progress.add(written)
-                        counts["deleted"] += kinds["deleted"]
-                        counts["archived"] += kinds["archived"]
-                for block, written, kinds in encoder.finish():
+                # pages as JSON Lines, encoded in a worker process where one was started
+                pages = reader.raw_pages(start, end) if not window.empty else iter(())
+                for block, written, kinds in encoder.lines(pages, reader.field_map):
                     writer.write_lines(block, written)
-                    progress.add(written)
-                    counts["deleted"] += kinds["deleted"]
-                    counts["archived"] += kinds["archived"]
+                    self._counted(counts, kinds, progress)
             else:
                 for page in reader.pages(start, end) if not window.empty else ():
-                    fmap, marked = reader.field_map(), []
-                    for record in page:
-                        record, counted = mark(record, fmap, labels=self.option_labels,
-                                               archived_too=self.include_archived)
-                        if counted != "records":
-                            counts[counted] += 1
-                        marked.append(record)
+                    marked, kinds = mark_page(page, reader.field_map(), labels=self.option_labels,
+                                              archived_too=self.include_archived)
                     writer.write_many(marked)
-                    progress.add(len(marked))
+                    self._counted(counts, kinds, progress)
         counts["records"] = writer.count
         progress.done(f"written to {self.path}")
         commit_export(self, context, watermark, window, records=writer.count, path=str(self.path))
@@ -364,6 +353,13 @@ class PipedriveExportOperator(_PipedriveOperator):
                                parallel=reader.slices)
         self.log.info("Summary:\n%s", summary_table(summary))
         return summary
+
+    @staticmethod
+    def _counted(counts: dict[str, int], kinds: dict[str, int], progress: Progress) -> None:
+        counts["deleted"] += kinds["deleted"]
+        counts["archived"] += kinds["archived"]
+        progress.add(sum(kinds.values()))
+
 
 class PipedriveMailExportOperator(_PipedriveOperator):
     """Export the mail threads of a folder, each with its messages, to JSON Lines (streamed, atomic).

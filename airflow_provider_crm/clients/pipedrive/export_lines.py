@@ -21,12 +21,12 @@ import logging
 import multiprocessing
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from airflow_provider_crm.clients.pipedrive.exports import SHALLOW_KEYS, mark
+from airflow_provider_crm.clients.pipedrive.exports import SHALLOW_KEYS, mark_page
 from airflow_provider_crm.clients.pipedrive.fields import FieldMap
 from airflow_provider_crm.common import jsoncodec
 from airflow_provider_crm.common.rawpage import RawPage
@@ -41,12 +41,7 @@ def encode_page(page: RawPage | list[dict[str, Any]], fmap: FieldMap | None, lab
                 archived_too: bool) -> Lines:
     """A page's records as JSON Lines, each as :func:`~.exports.mark` writes it."""
     records = page.records(SHALLOW_KEYS) if isinstance(page, RawPage) else page
-    counts = {"records": 0, "deleted": 0, "archived": 0}
-    marked = []
-    for record in records:
-        record, counted = mark(record, fmap, labels=labels, archived_too=archived_too)
-        counts[counted] += 1
-        marked.append(record)
+    marked, counts = mark_page(records, fmap, labels=labels, archived_too=archived_too)
     return jsoncodec.dumps_lines(marked), len(marked), counts
 
 
@@ -65,11 +60,8 @@ class PageEncoder:
     Use as a context manager, entered before any thread of the export starts::
 
         with PageEncoder(processes, labels=True, archived_too=False) as encoder:
-            for page in pages:
-                for lines in encoder.submit(page, fmap):
-                    writer.write_lines(*lines[:2])
-            for lines in encoder.finish():
-                ...
+            for block, written, counts in encoder.lines(pages, reader.field_map):
+                writer.write_lines(block, written)
 
     At most ``2 x processes + 2`` pages are on their way at once, so memory stays flat.
 
@@ -120,6 +112,14 @@ class PageEncoder:
         self._pending.append(self._pool.submit(encode_page, page, fmap, self.labels, self.archived_too))
         while self._pending and (self._pending[0].done() or len(self._pending) > 2 * self.processes + 2):
             yield self._pending.popleft().result()
+
+    def lines(self, pages: Iterable[RawPage | list[dict[str, Any]]], field_map: Callable[[], FieldMap | None]
+              ) -> Iterator[Lines]:
+        """Every page's lines, in order: :meth:`submit` each (with the field map as it is when the page
+        is handed over), then :meth:`finish`."""
+        for page in pages:
+            yield from self.submit(page, field_map())
+        yield from self.finish()
 
     def finish(self) -> Iterator[Lines]:
         """The pages still on their way, in order."""

@@ -5,7 +5,7 @@ columns the entity declares, and deleted / archived records marked."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -217,6 +217,19 @@ def mark(record: dict[str, Any], fmap: FieldMap | None, *, labels: bool, archive
         record["_archived"] = True
         return record, "archived"
     return record, "records"
+
+
+def mark_page(records: Iterable[dict[str, Any]], fmap: FieldMap | None, *, labels: bool, archived_too: bool
+              ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """:func:`mark` each record; returns them and how many counted as ``records``, ``deleted`` and
+    ``archived``."""
+    counts = {"records": 0, "deleted": 0, "archived": 0}
+    marked = []
+    for record in records:
+        record, counted = mark(record, fmap, labels=labels, archived_too=archived_too)
+        counts[counted] += 1
+        marked.append(record)
+    return marked, counts
 
 
 def parse_update_time(value: Any) -> datetime | None:
