@@ -383,3 +383,21 @@ def test_upserts_left_each_key_once_with_the_rows_values(report: dict[str, Any])
 def test_the_deferred_sensor_was_resumed(report: dict[str, Any]):
     sensed = report["summaries"]["pf_wait_for_doing"]
     assert sensed["card_id"] == report["card_id"] and sensed["phase"] == "Doing", sensed
+
+
+def _spare_processes_in_a_pool_worker(_: object) -> int:
+    from airflow_provider_crm.clients.pipedrive.export_lines import spare_processes
+
+    return spare_processes()
+
+
+def test_an_export_in_a_prefork_worker_starts_no_process_of_its_own():
+    # Celery's prefork workers are billiard's pool processes: daemonic to the standard library too, so an
+    # export there encodes its pages itself instead of forking (clients/pipedrive/export_lines.py)
+    billiard = pytest.importorskip("billiard")
+    pool = billiard.Pool(1)
+    try:
+        assert pool.map(_spare_processes_in_a_pool_worker, [None]) == [0]
+    finally:
+        pool.close()
+        pool.join()

@@ -70,12 +70,13 @@ def _report_spare(queue: multiprocessing.Queue) -> None:
     queue.put(spare_processes())
 
 
-def test_a_daemonic_process_encodes_in_its_own_thread():
+def test_a_daemonic_process_starts_no_worker_process():
     # a Celery prefork task runs in a daemonic process, which may not start processes of its own
+    # (tests/e2e/test_celery.py checks it in billiard's pool, Celery's own)
     queue: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
     child = multiprocessing.get_context("fork").Process(target=_report_spare, args=(queue,), daemon=True)
     child.start()
     assert queue.get(timeout=30) == 0
     child.join(timeout=30)
-    cores = len(os.sched_getaffinity(0))
-    assert spare_processes() == min(2, cores - 1)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert spare_processes() >= 1  # the same machine, not daemonic
