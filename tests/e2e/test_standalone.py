@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_crm.clients.pipedrive.export_lines import spare_processes
 from crm_sandbox.core import SandboxConfig
 from crm_sandbox.server import SandboxServer
 from tests.e2e.conftest import REPO, StandaloneAirflow, sandbox_connections
@@ -86,7 +88,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     (dags / f"{STREAM_DAG}.py").write_text(STREAM_DAG_FILE)
     (dags / f"{TRIGGERER_DAG}.py").write_text(TRIGGERER_DAG_FILE)
-    with SandboxServer(SandboxConfig()) as examples, SandboxServer(SandboxConfig()) as stream:
+    # the stream's answers take 50 ms: enough for its exports to read in parallel slices on the Ultimate
+    # plan, so that they run through the worker process that encodes pages (export_lines.py)
+    with SandboxServer(SandboxConfig()) as examples, SandboxServer(SandboxConfig(latency_ms=50)) as stream:
         env = {
             **sandbox_connections(examples.info()),
             **sandbox_connections(stream.info(), "pipefy_stream", "pipedrive_stream"),
@@ -278,6 +282,10 @@ def test_cron_schedule_runs_export_each_change_exactly_once(airflow: Airflow):
     assert first["data_interval_start"] == first["data_interval_end"]  # Airflow 3's default: an empty interval
     first_log = standalone.task_log(STREAM_DAG, first["run_id"], "deals")
     assert "first_full" in first_log and "exports EVERYTHING" in first_log
+    if spare_processes() > 0:
+        # a task process of a real scheduler forks the page encoder, and every check below holds through it
+        assert all(re.search(r"Encoding export pages in \d worker process",
+                             standalone.task_log(STREAM_DAG, r["run_id"], "deals")) for r in runs), first_log[-4000:]
     assert all(r["summaries"]["deals"]["range"]["case"] == "since_watermark" for r in runs[1:])
     assert "since_watermark" in standalone.task_log(STREAM_DAG, runs[1]["run_id"], "cards")
 
